@@ -1,0 +1,158 @@
+"""Loading a ruleset so that the machine is never open: test, restore, verify, lockdown.
+
+Per family: when the new ruleset cannot be compiled, tested, loaded or verified, the
+rules of ours already in the kernel stay (iptables-restore is one transaction: a
+failed restore changes nothing); when there are none, or what the kernel holds is not
+what we meant, the lockdown ruleset is loaded, and if even that fails the built-in
+policies are set to DROP one by one.
+"""
+
+from . import kernel, policy
+from .errors import ConfigError, LoadError, VerifyError
+from .model import BUILTIN_CHAINS, LOCKDOWN_COMMENT, our_chain
+from .render import chains_of, expected_lines, jump_line, render_load, render_unload, tables_used
+
+# Exit codes, worst last; documented in vpn-firewall(8).
+OK, CONFIG_ERROR, KEPT, LOCKDOWN, OPEN = 0, 3, 4, 5, 6
+OUTCOME_EXIT = {"loaded": OK, "kept": KEPT, "lockdown": LOCKDOWN, "open": OPEN}
+
+
+def verify(family: str, rules) -> list:
+    """Differences between what the kernel holds and `rules`; empty when they agree."""
+    dump = kernel.save(family)
+    state = kernel.table_states(dump)
+    problems = []
+    for table in tables_used(rules, state):
+        policies, lines = dump.tables.get(table, ({}, {}))
+        expected = expected_lines(rules, table)
+        for builtin in chains_of(table, rules, state):
+            mine = our_chain(builtin)
+            if table == "filter" and policies.get(builtin) != "DROP":
+                problems.append(f"{table} {builtin} policy is {policies.get(builtin)}, not DROP")
+            chain_rules = lines.get(builtin, [])
+            if not chain_rules or chain_rules[0] != jump_line(builtin):
+                problems.append(f"{table} {builtin} does not jump to {mine} first")
+            elif chain_rules.count(jump_line(builtin)) != 1:
+                problems.append(f"{table} {builtin} jumps to {mine} more than once")
+            got, want = lines.get(mine), expected.get(mine, [])
+            if got is None:
+                problems.append(f"{table} chain {mine} is missing")
+            elif got != want:
+                first = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+                problems.append(
+                    f"{table} chain {mine} differs at rule {first + 1}: kernel has "
+                    f"{got[first] if first < len(got) else 'nothing'!r}, expected "
+                    f"{want[first] if first < len(want) else 'nothing'!r}"
+                )
+    return problems
+
+
+def _load_verified(family: str, rules, state: dict) -> None:
+    kernel.restore(family, render_load(rules, state))
+    problems = verify(family, rules)
+    if problems:
+        raise VerifyError("the kernel's rules are not what was loaded: " + "; ".join(problems))
+
+
+def lockdown(family: str, say, level: str = "error") -> str:
+    """Close the family whatever it takes; returns 'lockdown' or 'open'."""
+    rules = policy.lockdown()[family]
+    try:
+        state = kernel.table_states(kernel.save(family))
+        _load_verified(family, rules, state)
+        say(level, f"{family}: LOCKDOWN loaded: everything but loopback is dropped")
+        return "lockdown"
+    except LoadError as e:
+        say("error", f"{family}: could not load the lockdown ruleset: {e}")
+    try:
+        kernel.set_drop_policies(family)
+        say("error", f"{family}: LOCKDOWN by policy: INPUT, OUTPUT and FORWARD policies set to DROP")
+        return "lockdown"
+    except LoadError as e:
+        say("error", f"{family}: COULD NOT CLOSE THE FIREWALL: {e}")
+        return "open"
+
+
+def families() -> list:
+    return ["ip", "ip6"] if kernel.ipv6_available() else ["ip"]
+
+
+def _read_state(family: str, say):
+    """(table states, whether our rules are loaded); unreadable counts as not loaded."""
+    try:
+        dump = kernel.save(family)
+        return kernel.table_states(dump), kernel.is_loaded(dump)
+    except LoadError as e:
+        say("error", f"{family}: cannot read the kernel's rules: {e}")
+        return {}, False
+
+
+def apply(compile_ruleset, say) -> int:
+    """Load what compile_ruleset() returns (family -> rules), failing closed at every step.
+
+    When nothing of ours is loaded yet (boot), the lockdown goes in first, before any
+    config is read, so that a loader killed or crashing part way leaves a closed machine.
+    """
+    fams = families()
+    if "ip6" not in fams:
+        say("notice", "ip6: the kernel has no IPv6 (no /proc/net/if_inet6): IPv6 rules skipped")
+    states, fallback = {}, {}
+    for family in fams:
+        states[family], loaded = _read_state(family, say)
+        fallback[family] = "kept" if loaded else lockdown(family, say, "info")
+        if not loaded:
+            states[family], _ = _read_state(family, say)
+    problem = None
+    try:
+        ruleset = compile_ruleset()
+        for family in fams:  # both families must pass before either is touched
+            kernel.restore(family, render_load(ruleset[family], states[family]), test=True)
+    except (ConfigError, LoadError) as e:
+        problem = str(e)
+    except Exception as e:  # a bug must not leave the machine open either
+        problem = f"internal error: {e.__class__.__name__}: {e}"
+    outcomes = {}
+    if problem is not None:
+        say("error", problem)
+        for family in fams:
+            outcomes[family] = _keep(family, fallback[family], say)
+    else:
+        for family in fams:
+            try:
+                _load_verified(family, ruleset[family], states[family])
+                outcomes[family] = "loaded"
+            except VerifyError as e:
+                say("error", f"{family}: {e}")
+                outcomes[family] = lockdown(family, say)
+            except LoadError as e:  # a failed restore changed nothing
+                say("error", f"{family}: {e}")
+                outcomes[family] = _keep(family, fallback[family], say)
+    return max(OUTCOME_EXIT[o] for o in outcomes.values())
+
+
+def _keep(family: str, fallback: str, say) -> str:
+    if fallback == "kept":
+        say("error", f"{family}: the rules loaded before stay in force")
+    return fallback
+
+
+def unload(say) -> int:
+    worst = OK
+    for family in families():
+        try:
+            state = kernel.table_states(kernel.save(family))
+            kernel.restore(family, render_unload(state))
+            dump = kernel.save(family)
+            left = [c for t in BUILTIN_CHAINS for c in dump.tables.get(t, ({}, {}))[0] if c.startswith("VPNFW-")]
+            if left:
+                raise LoadError(f"chains still there after unload: {', '.join(left)}")
+            say("warning", f"{family}: vpn-firewall unloaded: policies ACCEPT, traffic is NOT protected")
+        except LoadError as e:
+            say("error", f"{family}: unload failed: {e}")
+            worst = KEPT
+    return worst
+
+
+def is_lockdown(dump) -> bool:
+    rules = dump.tables.get("filter", ({}, {}))[1].get(our_chain("OUTPUT"), [])
+    return any(LOCKDOWN_COMMENT in line for line in rules)

@@ -1,0 +1,185 @@
+"""The kill-switch policy: settings and the user's rules in, the whole ruleset out, as data.
+
+Order in each chain: loopback, then the user's rules (their exceptions are theirs to
+own), then what the settings allow, then a rate-limited log and the final refusal.
+OUTPUT never accepts ESTABLISHED,RELATED outside the tunnel: when the VPN client dies,
+the kernel's ICMP errors and the packets of connections that were open through the
+tunnel must not leave by another interface.
+"""
+
+from . import values as V
+from .model import LOCKDOWN_COMMENT, Rule
+
+UDP_DNS = (("udp", ((False, "--dport", "53"),)),)
+TCP_DNS = (("tcp", ((False, "--dport", "53"),)),)
+LOG_LIMIT = ("limit", ((False, "--limit", "5/min"), (False, "--limit-burst", "10")))
+# What a LAN needs besides its own networks: broadcast and link-scope multicast.
+LAN_MULTICAST = {V.IP: ("224.0.0.0/24", "239.255.255.250/32", "255.255.255.255/32"), V.IP6: ("ff02::/16",)}
+BROADCAST = (("addrtype", ((False, "--dst-type", "BROADCAST"),)),)
+DHCP_OUT = {V.IP: ("68", "67"), V.IP6: ("546", "547")}
+NDP_OUT = ("133", "135", "136")  # router and neighbour solicitation, neighbour advertisement
+NDP_IN = ("134", "135", "136")  # router advertisement, neighbour solicitation and advertisement
+MLD_REPORT = "143"
+HOP_LIMIT_255 = ("hl", ((False, "--hl-eq", "255"),))  # only on-link senders can send these
+
+
+def _rule(family, chain, header=(), matches=(), target="ACCEPT", options=()):
+    return Rule(family, "filter", chain, header, matches, target, options)
+
+
+def _h(flag, value, negated=False):
+    return (negated, flag, value)
+
+
+def _reject_all(family, chain):
+    default = "icmp-port-unreachable" if family == V.IP else "icmp6-port-unreachable"
+    return [
+        _rule(family, chain, (_h("-p", "tcp"),), (), "REJECT", (("--reject-with", "tcp-reset"),)),
+        _rule(family, chain, (), (), "REJECT", (("--reject-with", default),)),
+    ]
+
+
+def _log(family, chain, word):
+    return _rule(family, chain, (), (LOG_LIMIT,), "LOG", (("--log-prefix", f"vpn-firewall blocked {word}: "),))
+
+
+def _ports(proto, sport, dport):
+    return ((proto, ((False, "--sport", sport), (False, "--dport", dport))),)
+
+
+def _endpoint_rules(family, settings):
+    owners = []
+    if settings.vpn_user is not None:
+        owners.append(("owner", ((False, "--uid-owner", settings.vpn_user),)))
+    if settings.vpn_group is not None:
+        owners.append(("owner", ((False, "--gid-owner", settings.vpn_group),)))
+    owner_matches = [(m,) for m in owners] or [()]
+    out = []
+    for ep in settings.vpn_servers:
+        if ep.family != family:
+            continue
+        if ep.proto is None and ep.port is None:
+            shapes = [((_h("-d", ep.net),), ())]
+        else:
+            protos = (ep.proto,) if ep.proto else ("udp", "tcp")
+            shapes = [
+                ((_h("-d", ep.net), _h("-p", p)), ((p, ((False, "--dport", ep.port),)),) if ep.port else ())
+                for p in protos
+            ]
+        for header, port_match in shapes:
+            for owner in owner_matches:
+                out.append(_rule(family, "OUTPUT", header, port_match + owner))
+    return out
+
+
+def _dns_rules(family, settings):
+    out = []
+    servers = None
+    if settings.dns_servers is not None:
+        servers = [net for fam, net in settings.dns_servers if fam == family]
+    for iface in settings.vpn_interfaces:
+        for dst in (servers if servers is not None else [None]):
+            for proto, match in (("udp", UDP_DNS), ("tcp", TCP_DNS)):
+                header = ((_h("-d", dst),) if dst else ()) + (_h("-o", iface), _h("-p", proto))
+                out.append(_rule(family, "OUTPUT", header, match))
+    # Any other DNS is refused here, before the LAN allowance could let it out.
+    out.append(_rule(family, "OUTPUT", (_h("-p", "udp"),), UDP_DNS, "REJECT",
+                     (("--reject-with", "icmp-port-unreachable" if family == V.IP else "icmp6-port-unreachable"),)))
+    out.append(_rule(family, "OUTPUT", (_h("-p", "tcp"),), TCP_DNS, "REJECT", (("--reject-with", "tcp-reset"),)))
+    return out
+
+
+def _icmp6(chain, types, extra_header=()):
+    return [
+        _rule(V.IP6, chain, extra_header + (_h("-p", "ipv6-icmp"),),
+              (("icmp6", ((False, "--icmpv6-type", t),)), HOP_LIMIT_255))
+        for t in types
+    ]
+
+
+def _lan_rules(family, chain, settings):
+    flag = "-d" if chain == "OUTPUT" else "-s"
+    out = [_rule(family, chain, (_h(flag, net),)) for fam, net in settings.lan_nets if fam == family]
+    out += [_rule(family, chain, (_h("-d", net),)) for net in LAN_MULTICAST[family]]
+    if family == V.IP:
+        out.append(_rule(family, chain, (), BROADCAST))
+    return out
+
+
+def output_chain(family, settings, user):
+    rules = [_rule(family, "OUTPUT", (_h("-o", "lo"),))]
+    rules += user
+    rules += _endpoint_rules(family, settings)
+    rules += _dns_rules(family, settings)
+    rules += [_rule(family, "OUTPUT", (_h("-o", iface),)) for iface in settings.vpn_interfaces]
+    if settings.allow_dhcp:
+        client, server = DHCP_OUT[family]
+        rules.append(_rule(family, "OUTPUT", (_h("-p", "udp"),), _ports("udp", client, server)))
+        if family == V.IP6:
+            rules += _icmp6("OUTPUT", NDP_OUT)
+            rules.append(_rule(V.IP6, "OUTPUT", (_h("-d", "ff02::16/128"), _h("-p", "ipv6-icmp")),
+                               (("icmp6", ((False, "--icmpv6-type", MLD_REPORT),)),)))
+    if settings.allow_lan:
+        rules += _lan_rules(family, "OUTPUT", settings)
+    if settings.log_blocked:
+        rules.append(_log(family, "OUTPUT", "out"))
+    return rules + _reject_all(family, "OUTPUT")
+
+
+def input_chain(family, settings, user):
+    rules = [_rule(family, "INPUT", (_h("-i", "lo"),))]
+    rules += user
+    rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "INVALID"),)),), "DROP"))
+    rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "RELATED,ESTABLISHED"),)),)))
+    if settings.allow_dhcp:
+        client, server = DHCP_OUT[family]
+        rules.append(_rule(family, "INPUT", (_h("-p", "udp"),), _ports("udp", server, client)))
+        if family == V.IP6:
+            rules += _icmp6("INPUT", NDP_IN)
+    if settings.allow_incoming_vpn:
+        rules += [_rule(family, "INPUT", (_h("-i", iface),)) for iface in settings.vpn_interfaces]
+    if settings.allow_lan:
+        rules += _lan_rules(family, "INPUT", settings)
+    if settings.log_blocked:
+        rules.append(_log(family, "INPUT", "in"))
+    return rules + [_rule(family, "INPUT", (), (), "DROP")]
+
+
+def forward_chain(family, settings, user):
+    rules = list(user)
+    if settings.log_blocked:
+        rules.append(_log(family, "FORWARD", "fwd"))
+    return rules + [_rule(family, "FORWARD", (), (), "DROP")]
+
+
+def build(settings, user_rules) -> dict:
+    """family -> the complete list of rules of that family, in chain order."""
+    ruleset = {}
+    for family in V.FAMILIES:
+        mine = [r for r in user_rules if r.family == family]
+        by_chain = {}
+        for r in mine:
+            if r.table == "filter":
+                by_chain.setdefault(r.chain, []).append(r)
+        ruleset[family] = (
+            input_chain(family, settings, by_chain.get("INPUT", []))
+            + forward_chain(family, settings, by_chain.get("FORWARD", []))
+            + output_chain(family, settings, by_chain.get("OUTPUT", []))
+            + [r for r in mine if r.table != "filter"]
+        )
+    return ruleset
+
+
+def lockdown() -> dict:
+    """Drop everything but loopback, both families: what is loaded when nothing else can be."""
+    mark = (("comment", ((False, "--comment", LOCKDOWN_COMMENT),)),)
+    ruleset = {}
+    for family in V.FAMILIES:
+        ruleset[family] = [
+            _rule(family, "INPUT", (_h("-i", "lo"),), mark),
+            _rule(family, "INPUT", (), mark, "DROP"),
+            _rule(family, "FORWARD", (), mark, "DROP"),
+            _rule(family, "OUTPUT", (_h("-o", "lo"),), mark),
+            _rule(family, "OUTPUT", (), mark, "DROP"),
+        ]
+    return ruleset

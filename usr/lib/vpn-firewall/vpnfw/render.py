@@ -1,0 +1,111 @@
+"""Rules as iptables-restore text, in exactly the form iptables-save prints them back.
+
+Printing the canonical form lets the loader verify the kernel's ruleset line by line.
+The text is loaded with --noflush: only our chains are replaced, other tools' rules in
+the same tables stay, and all of it happens in one transaction per family.
+"""
+
+import re
+from typing import NamedTuple
+
+from .model import BUILTIN_CHAINS, our_chain
+
+_NO_QUOTES = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class TableState(NamedTuple):
+    """What the kernel holds of ours in one table, as far as rendering cares."""
+
+    jumps: dict  # built-in chain -> how many jumps to our chain it has
+    chains: frozenset  # our chains that exist
+
+
+def quote(text: str) -> str:
+    # The rule of xtables_save_string; our values never hold quotes or backslashes.
+    return text if _NO_QUOTES.match(text) else f'"{text}"'
+
+
+def rule_line(rule) -> str:
+    parts = ["-A", our_chain(rule.chain)]
+    for negated, flag, value in rule.header:
+        if negated:
+            parts.append("!")
+        parts += (flag, value)
+    for module, options in rule.matches:
+        parts += ("-m", module)
+        for negated, option, value in options:
+            if negated:
+                parts.append("!")
+            parts.append(option)
+            if value is not None:
+                parts.append(quote(value) if option == "--comment" else value)
+    parts += ("-j", rule.target)
+    for option, value in rule.target_options:
+        parts += (option, quote(value) if option == "--log-prefix" else value)
+    return " ".join(parts)
+
+
+def jump_line(builtin: str) -> str:
+    return f"-A {builtin} -j {our_chain(builtin)}"
+
+
+def tables_used(rules, state: dict) -> list:
+    """filter always; nat when rules use it or our chains from an earlier load are there."""
+    tables = ["filter"]
+    if any(r.table == "nat" for r in rules) or state.get("nat", TableState({}, frozenset())).chains:
+        tables.append("nat")
+    return tables
+
+
+def chains_of(table: str, rules, state: dict) -> list:
+    """The built-ins of a table that get a chain of ours: all in filter, used ones in nat."""
+    if table == "filter":
+        return list(BUILTIN_CHAINS["filter"])
+    existing = state.get(table, TableState({}, frozenset())).chains
+    return [c for c in BUILTIN_CHAINS[table]
+            if our_chain(c) in existing or any(r.table == table and r.chain == c for r in rules)]
+
+
+def expected_lines(rules, table: str) -> dict:
+    """our chain -> its rule lines, as iptables-save should print them."""
+    out = {}
+    for r in rules:
+        if r.table == table:
+            out.setdefault(our_chain(r.chain), []).append(rule_line(r))
+    return out
+
+
+def render_load(rules, state: dict) -> str:
+    """The restore input that makes the kernel hold exactly `rules` in our chains."""
+    lines = []
+    for table in tables_used(rules, state):
+        ts = state.get(table, TableState({}, frozenset()))
+        builtins = chains_of(table, rules, state)
+        lines.append(f"*{table}")
+        if table == "filter":
+            lines += [f":{c} DROP [0:0]" for c in builtins]
+        lines += [f":{our_chain(c)} - [0:0]" for c in builtins]  # declaring flushes it
+        for c in builtins:
+            lines += [f"-D {c} -j {our_chain(c)}"] * ts.jumps.get(c, 0)
+            lines.append(f"-I {c} 1 -j {our_chain(c)}")
+        lines += [rule_line(r) for r in rules if r.table == table]
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def render_unload(state: dict) -> str:
+    """The restore input that removes every chain of ours and opens the filter policies."""
+    lines = []
+    for table, ts in state.items():
+        if table not in BUILTIN_CHAINS or (table != "filter" and not ts.chains):
+            continue
+        lines.append(f"*{table}")
+        if table == "filter":
+            lines += [f":{c} ACCEPT [0:0]" for c in BUILTIN_CHAINS["filter"]]
+        for c in BUILTIN_CHAINS[table]:
+            lines += [f"-D {c} -j {our_chain(c)}"] * ts.jumps.get(c, 0)
+        for c in BUILTIN_CHAINS[table]:
+            if our_chain(c) in ts.chains:
+                lines += [f":{our_chain(c)} - [0:0]", f"-X {our_chain(c)}"]
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,93 @@
+"""The declarative settings: @def variables with reserved names, checked by type.
+
+The defaults here are the ones 10_default.conf documents; a test keeps the two equal.
+"""
+
+from typing import NamedTuple, Optional
+
+from . import values as V
+from .errors import ConfigError
+
+DEFAULT_LAN_NETS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                    "fc00::/7", "fe80::/10")
+
+
+class Settings(NamedTuple):
+    vpn_servers: tuple  # of values.Endpoint
+    vpn_interfaces: tuple  # of interface names
+    vpn_user: Optional[str]  # uid, as a number
+    vpn_group: Optional[str]  # gid, as a number
+    allow_lan: bool
+    lan_nets: tuple  # of (family, net)
+    allow_dhcp: bool
+    dns_servers: Optional[tuple]  # of (family, net); None: DNS through the tunnel to anyone
+    allow_incoming_vpn: bool
+    log_blocked: bool
+
+
+def _list(name, atoms, parse):
+    return tuple(parse(a) for a in atoms)
+
+
+def _scalar(name, atoms, parse):
+    if not atoms:
+        return None
+    if len(atoms) > 1:
+        raise ConfigError(atoms[1].pos, f"${name} takes one value, not a list")
+    return parse(atoms[0])
+
+
+def _bool(name, atoms, parse):
+    if len(atoms) != 1:
+        raise ConfigError(atoms[1].pos, f"${name} takes yes or no, not a list")
+    return V.boolean(atoms[0])
+
+
+def _optional_list(name, atoms, parse):
+    return _list(name, atoms, parse) if atoms else None
+
+
+# name -> (field, shape, parse, default)
+SCHEMA = {
+    "VPN_SERVERS": ("vpn_servers", _list, V.endpoint, ()),
+    "VPN_INTERFACES": ("vpn_interfaces", _list, V.interface, ("tun+", "wg+")),
+    "VPN_USER": ("vpn_user", _scalar, lambda a: V.account(a, "user"), None),
+    "VPN_GROUP": ("vpn_group", _scalar, lambda a: V.account(a, "group"), None),
+    "ALLOW_LAN": ("allow_lan", _bool, None, False),
+    "LAN_NETS": ("lan_nets", _list, V.address, tuple((V.family_of(n), n) for n in DEFAULT_LAN_NETS)),
+    "ALLOW_DHCP": ("allow_dhcp", _bool, None, True),
+    "DNS_SERVERS": ("dns_servers", _optional_list, V.address, None),
+    "ALLOW_INCOMING_VPN": ("allow_incoming_vpn", _bool, None, False),
+    "LOG_BLOCKED": ("log_blocked", _bool, None, True),
+}
+
+
+def read_settings(variables) -> Settings:
+    fields = {}
+    for name, (field, shape, parse, default) in SCHEMA.items():
+        if name not in variables.values:
+            fields[field] = default
+            continue
+        value = variables.values[name]
+        atoms = list(value) if isinstance(value, list) else [value]
+        if shape is _bool and not atoms:
+            raise ConfigError(variables.defined_at[name], f"${name} takes yes or no, not an empty list")
+        fields[field] = shape(name, atoms, parse)
+    settings = Settings(**fields)
+    if not settings.vpn_interfaces:
+        raise ConfigError(variables.defined_at["VPN_INTERFACES"],
+                          "$VPN_INTERFACES is empty: name at least one tunnel interface, such as tun+")
+    return settings
+
+
+def unused_warnings(variables) -> list:
+    """Variables defined and never used: most often a misspelt setting."""
+    warnings = []
+    for name, pos in variables.defined_at.items():
+        if name in SCHEMA or name in variables.used:
+            continue
+        import difflib  # only on this rare path: it costs start-up time
+        hint = difflib.get_close_matches(name, SCHEMA, n=1)
+        also = f"; did you mean ${hint[0]}?" if hint else ""
+        warnings.append(f"{pos}: warning: ${name} is defined but never used{also}")
+    return warnings
