@@ -60,7 +60,8 @@ def lockdown(family: str, say, level: str = "error") -> str:
     try:
         state = kernel.table_states(kernel.save(family))
         _load_verified(family, rules, state)
-        say(level, f"{family}: LOCKDOWN loaded: everything but loopback is dropped")
+        say(level, f"{family}: nothing of ours was loaded: lockdown in place while the config is compiled"
+            if level == "info" else f"{family}: LOCKDOWN loaded: everything but loopback is dropped")
         return "lockdown"
     except LoadError as e:
         say("error", f"{family}: could not load the lockdown ruleset: {e}")

@@ -26,7 +26,7 @@ _TOKEN = re.compile(
   | (?P<var>\$[A-Za-z_][A-Za-z0-9_]*)
   | (?P<string>"[^"\n]*"|'[^'\n]*')
   | (?P<punct>[;(){}=!])
-  | (?P<word>[^\s;(){}=!"'#$]+)
+  | (?P<word>[^\x00-\x20\x7f-\U0010ffff;(){}=!"'#$]+)
     """,
     re.VERBOSE,
 )

@@ -1,0 +1,283 @@
+"""The config language: what it accepts, the rules it means, every error with file:line:col."""
+
+import pytest
+
+from conftest import write_config
+from vpnfw.cli import compile_config
+from vpnfw.errors import ConfigError
+from vpnfw.render import rule_line
+
+
+def compile_text(tmp_path, text, name="30_user.conf", extra=None):
+    files = {name: text}
+    files.update(extra or {})
+    d = write_config(tmp_path / "c", files)
+    return compile_config(d)
+
+
+def user_lines(tmp_path, text, family="ip"):
+    """Rule lines of the user's rules only (those not in a config without them)."""
+    base = {rule_line(r) for r in compile_text(tmp_path / "base", "").ruleset[family]}
+    return [rule_line(r) for r in compile_text(tmp_path, text).ruleset[family] if rule_line(r) not in base]
+
+
+def error_of(tmp_path, text, **kw) -> str:
+    with pytest.raises(ConfigError) as info:
+        compile_text(tmp_path, text, **kw)
+    return str(info.value)
+
+
+# -- what rules mean -----------------------------------------------------------------
+def test_example_printer_rule(tmp_path):
+    assert user_lines(tmp_path, "chain OUTPUT outerface eth0 daddr 192.168.1.20 proto tcp dport 631 ACCEPT;") == [
+        "-A VPNFW-OUTPUT -d 192.168.1.20/32 -o eth0 -p tcp -m tcp --dport 631 -j ACCEPT"
+    ]
+
+
+def test_lists_multiply_in_ferm_order(tmp_path):
+    lines = user_lines(tmp_path, "chain OUTPUT daddr (192.0.2.1 192.0.2.2) proto (tcp udp) dport 53 DROP;")
+    assert lines == [
+        "-A VPNFW-OUTPUT -d 192.0.2.1/32 -p tcp -m tcp --dport 53 -j DROP",
+        "-A VPNFW-OUTPUT -d 192.0.2.1/32 -p udp -m udp --dport 53 -j DROP",
+        "-A VPNFW-OUTPUT -d 192.0.2.2/32 -p tcp -m tcp --dport 53 -j DROP",
+        "-A VPNFW-OUTPUT -d 192.0.2.2/32 -p udp -m udp --dport 53 -j DROP",
+    ]
+
+
+def test_mixed_address_list_goes_to_each_family(tmp_path):
+    text = "@def $HOSTS = (192.0.2.1 2001:db8::1);\nchain OUTPUT daddr $HOSTS proto tcp dport https ACCEPT;"
+    assert user_lines(tmp_path, text, "ip") == ["-A VPNFW-OUTPUT -d 192.0.2.1/32 -p tcp -m tcp --dport 443 -j ACCEPT"]
+    assert user_lines(tmp_path, text, "ip6") == ["-A VPNFW-OUTPUT -d 2001:db8::1/128 -p tcp -m tcp --dport 443 -j ACCEPT"]
+
+
+def test_rule_without_address_goes_to_both_families(tmp_path):
+    text = "chain OUTPUT proto tcp dport 25 REJECT;"
+    assert user_lines(tmp_path, text, "ip") == ["-A VPNFW-OUTPUT -p tcp -m tcp --dport 25 -j REJECT --reject-with icmp-port-unreachable"]
+    assert user_lines(tmp_path, text, "ip6") == ["-A VPNFW-OUTPUT -p tcp -m tcp --dport 25 -j REJECT --reject-with icmp6-port-unreachable"]
+
+
+def test_blocks_negation_modules_and_targets(tmp_path):
+    text = """
+domain ip table filter chain INPUT {
+    interface ! eth1 mod conntrack ctstate (NEW ESTABLISHED) proto tcp sport 1000:2000 ACCEPT;
+    proto icmp icmp-type echo-request mod comment comment "ping me" ACCEPT;
+    saddr !10.0.0.0/8 proto tcp dport ! ssh REJECT reject-with tcp-reset;
+    proto udp LOG log-prefix "in udp: " log-level info;
+}
+domain ip6 chain OUTPUT mod owner uid-owner 0 { proto icmpv6 icmpv6-type neighbour-solicitation RETURN; }
+"""
+    assert user_lines(tmp_path, text, "ip") == [
+        "-A VPNFW-INPUT ! -i eth1 -p tcp -m conntrack --ctstate NEW,ESTABLISHED -m tcp --sport 1000:2000 -j ACCEPT",
+        '-A VPNFW-INPUT -p icmp -m icmp --icmp-type 8 -m comment --comment "ping me" -j ACCEPT',
+        "-A VPNFW-INPUT ! -s 10.0.0.0/8 -p tcp -m tcp ! --dport 22 -j REJECT --reject-with tcp-reset",
+        '-A VPNFW-INPUT -p udp -j LOG --log-prefix "in udp: " --log-level 6',
+    ]
+    assert user_lines(tmp_path, text, "ip6") == [
+        "-A VPNFW-OUTPUT -p ipv6-icmp -m owner --uid-owner 0 -m icmp6 --icmpv6-type 135 -j RETURN",
+    ]
+
+
+def test_user_rules_come_after_loopback_and_before_the_policy(tmp_path):
+    rules = compile_text(tmp_path, "chain OUTPUT daddr 192.0.2.9 DROP;").ruleset["ip"]
+    out = [rule_line(r) for r in rules if r.chain == "OUTPUT"]
+    assert out[:2] == ["-A VPNFW-OUTPUT -o lo -j ACCEPT", "-A VPNFW-OUTPUT -d 192.0.2.9/32 -j DROP"]
+
+
+def test_nat_rules_go_to_our_nat_chain(tmp_path):
+    rules = compile_text(tmp_path, "table nat chain POSTROUTING outerface tun0 MASQUERADE;").ruleset["ip"]
+    nat = [rule_line(r) for r in rules if r.table == "nat"]
+    assert nat == ["-A VPNFW-POSTROUTING -o tun0 -j MASQUERADE"]
+
+
+def test_later_file_overrides_and_can_extend(tmp_path):
+    files = {
+        "40_more.conf": "@def $LAN_NETS = ($LAN_NETS 10.9.0.0/16);\n",
+    }
+    settings = compile_text(tmp_path, "@def $ALLOW_LAN = yes;\n@def $LAN_NETS = (192.168.1.0/24);\n", extra=files).settings
+    assert settings.allow_lan is True
+    assert [n for _, n in settings.lan_nets] == ["192.168.1.0/24", "10.9.0.0/16"]
+
+
+def test_rules_see_the_final_value(tmp_path):
+    files = {"20_a.conf": "chain OUTPUT daddr $PRINTER proto tcp dport 631 ACCEPT;\n@def $PRINTER = 192.0.2.1;\n",
+             "40_b.conf": "@def $PRINTER = 192.0.2.2;\n"}
+    d = write_config(tmp_path / "c", files)
+    lines = [rule_line(r) for r in compile_config(d).ruleset["ip"]]
+    assert "-A VPNFW-OUTPUT -d 192.0.2.2/32 -p tcp -m tcp --dport 631 -j ACCEPT" in lines
+    assert not any("192.0.2.1/" in line for line in lines)
+
+
+def test_endpoint_forms(tmp_path):
+    text = "@def $VPN_SERVERS = (198.51.100.7:1194/udp 203.0.113.9:443/tcp [2001:db8::7]:1194/udp 192.0.2.5 192.0.2.6:1723 2001:db8::8/udp 198.51.100.0/28:51820/udp);"
+    eps = compile_text(tmp_path, text).settings.vpn_servers
+    assert [(e.family, e.net, e.port, e.proto) for e in eps] == [
+        ("ip", "198.51.100.7/32", "1194", "udp"),
+        ("ip", "203.0.113.9/32", "443", "tcp"),
+        ("ip6", "2001:db8::7/128", "1194", "udp"),
+        ("ip", "192.0.2.5/32", None, None),
+        ("ip", "192.0.2.6/32", "1723", None),
+        ("ip6", "2001:db8::8/128", None, "udp"),
+        ("ip", "198.51.100.0/28", "51820", "udp"),
+    ]
+    lines = [rule_line(r) for r in compile_text(tmp_path / "x", text).ruleset["ip"]]
+    assert "-A VPNFW-OUTPUT -d 192.0.2.5/32 -j ACCEPT" in lines
+    assert "-A VPNFW-OUTPUT -d 192.0.2.6/32 -p udp -m udp --dport 1723 -j ACCEPT" in lines
+    assert "-A VPNFW-OUTPUT -d 192.0.2.6/32 -p tcp -m tcp --dport 1723 -j ACCEPT" in lines
+
+
+def test_vpn_user_restricts_endpoints(tmp_path):
+    text = "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n@def $VPN_USER = root;\n@def $VPN_GROUP = 0;"
+    lines = [rule_line(r) for r in compile_text(tmp_path, text).ruleset["ip"]]
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -m owner --uid-owner 0 -j ACCEPT" in lines
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -m owner --gid-owner 0 -j ACCEPT" in lines
+    assert not any("--dport 1194 -j ACCEPT" in line for line in lines)
+
+
+def test_dns_servers_only_through_the_tunnel(tmp_path):
+    text = "@def $DNS_SERVERS = (10.8.0.1 2001:db8:8::1);\n@def $VPN_INTERFACES = tun0;\n@def $ALLOW_LAN = yes;"
+    lines = [rule_line(r) for r in compile_text(tmp_path, text).ruleset["ip"]]
+    accept = "-A VPNFW-OUTPUT -d 10.8.0.1/32 -o tun0 -p udp -m udp --dport 53 -j ACCEPT"
+    reject = "-A VPNFW-OUTPUT -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable"
+    lan = "-A VPNFW-OUTPUT -d 10.0.0.0/8 -j ACCEPT"
+    assert lines.index(accept) < lines.index(reject) < lines.index(lan)
+    assert not any("2001:db8:8::1" in line for line in lines)
+
+
+def test_output_never_accepts_established_outside_the_tunnel(tmp_path):
+    text = "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n@def $ALLOW_LAN = yes;"
+    for family in ("ip", "ip6"):
+        for r in compile_text(tmp_path / family, text).ruleset[family]:
+            if r.chain == "OUTPUT":
+                assert "ESTABLISHED" not in rule_line(r)
+
+
+def test_port_names_come_from_the_services_file(tmp_path, monkeypatch):
+    services = tmp_path / "services"
+    services.write_text("myproto\t4242/tcp\t\talias42  # comment\n")
+    monkeypatch.setenv("VPN_FIREWALL_SERVICES", str(services))
+    assert user_lines(tmp_path, "chain OUTPUT proto tcp dport (myproto alias42) ACCEPT;") == [
+        "-A VPNFW-OUTPUT -p tcp -m tcp --dport 4242 -j ACCEPT"] * 2
+
+
+def test_defaults_file_equals_builtin_defaults(tmp_path):
+    from conftest import SHIPPED_CONFIG
+    with open(f"{SHIPPED_CONFIG}/10_default.conf") as f:
+        shipped = compile_text(tmp_path / "a", f.read(), name="10_default.conf")
+    empty = compile_text(tmp_path / "b", "")
+    assert shipped.settings == empty.settings
+    assert shipped.ruleset == empty.ruleset
+
+
+def test_unused_variable_warns_with_a_suggestion(tmp_path, capsys):
+    compile_text(tmp_path, "@def $VPN_SERVER = (198.51.100.7:1194/udp);\n")
+    err = capsys.readouterr().err
+    assert "30_user.conf:1:1: warning: $VPN_SERVER is defined but never used; did you mean $VPN_SERVERS?" in err
+
+
+# -- every error, with its place ----------------------------------------------------
+ERRORS = [
+    # syntax
+    ("@def $VPN_SERVERS = (198.51.100.7:1194/udp", "1:21: this '(' is never closed"),
+    ("chain OUTPUT ACCEPT", "1:20: expected ';' or '{' to end the statement, got end of file"),
+    ("chain OUTPUT { ACCEPT;", "1:23: expected '}' to close the block, got end of file"),
+    ("}", "1:1: unexpected '}': no block is open"),
+    ("chain OUTPUT ACCEPT }", "1:21: expected ';' or '{' to end the statement, got '}'"),
+    ('chain OUTPUT mod comment comment "open', "1:34: unterminated string"),
+    ("chain OUTPUT daddr 1.2.3.4 = ACCEPT;", "1:28: unexpected '='"),
+    ("@include 'x';", "1:1: unknown directive '@include'"),
+    ("chain OUTPUT { @def $X = 1; }", "1:16: '@def' is allowed only at the top level"),
+    ("@def VPN = 1;", "1:6: expected a variable name"),
+    ("@def $VPN 1;", "1:11: expected '=' after '$VPN'"),
+    ("@def $VPN = 1 2;", "1:15: expected ';' after the value of '$VPN'"),
+    ("@def $VPN = ;", "1:13: expected a value, got ';'"),
+    ("@def $VPN = (1 (2));", "1:16: expected a list item or ')'"),
+    ("chain OUTPUT daddr 1.2.3.4 ACCEPT; \x01", "1:36: unexpected character"),
+    # settings
+    ("@def $VPN_SERVERS = (198.51.100.7:1194/udp 198.51.100.);", "1:44: expected an address, got '198.51.100.'"),
+    ("@def $VPN_SERVERS = (198.51.100.7:99999/udp);", "1:22: expected a port from 1 to 65535"),
+    ("@def $VPN_SERVERS = ([2001:db8::7:1194/udp);", "1:22: expected ']' to close the IPv6 address"),
+    ("@def $VPN_SERVERS = ([2001:db8::7]1194);", "1:22: expected ':PORT' after ']'"),
+    ("@def $VPN_SERVERS = (vpn.example.net:1194/udp);", "1:22: expected an address, got 'vpn.example.net'"),
+    ("@def $VPN_INTERFACES = (tun+ eth0/1);", "1:30: expected an interface name"),
+    ("@def $VPN_INTERFACES = (averyveryverylongname);", "1:25: expected an interface name"),
+    ("@def $VPN_INTERFACES = ();", "1:1: $VPN_INTERFACES is empty"),
+    ("@def $ALLOW_LAN = maybe;", "1:19: expected yes or no, got 'maybe'"),
+    ("@def $ALLOW_LAN = (yes no);", "1:24: $ALLOW_LAN takes yes or no, not a list"),
+    ("@def $ALLOW_DHCP = ();", "1:1: $ALLOW_DHCP takes yes or no, not an empty list"),
+    ("@def $LAN_NETS = (192.168.1.0/33);", "1:19: expected an address, got '192.168.1.0/33'"),
+    ("@def $DNS_SERVERS = (10.8.0.1 dns.example);", "1:31: expected an address, got 'dns.example'"),
+    ("@def $VPN_USER = (root nobody);", "1:24: $VPN_USER takes one value, not a list"),
+    ("@def $VPN_USER = no-such-user-here;", "1:18: no such user 'no-such-user-here'"),
+    ("@def $VPN_GROUP = 'bad group';", "1:19: expected a group name or number"),
+    # rules
+    ("chain OUTPUT;", "1:13: expected a target"),
+    ("daddr 192.0.2.1 ACCEPT;", "1:17: no chain for this rule"),
+    ("chain OUTPUT daddr 192.0.2.300 ACCEPT;", "1:20: expected an address, got '192.0.2.300'"),
+    ("chain OUTPUT daddr host.example ACCEPT;", "1:20: expected an address, got 'host.example'"),
+    ("chain OUTPUT daddr $NOPE ACCEPT;", "1:20: undefined variable '$NOPE'"),
+    ("chain OUTPUT frobnicate 1 ACCEPT;", "1:14: unknown keyword 'frobnicate'"),
+    ("chain OUTPUT policy ACCEPT;", "1:14: 'policy' is not supported"),
+    ("chain OUTPUT jump FOO;", "1:14: 'jump' is not supported"),
+    ("chain MYCHAIN ACCEPT;", "1:7: expected a chain of table filter (INPUT, FORWARD, OUTPUT), got 'MYCHAIN'"),
+    ("table mangle chain OUTPUT ACCEPT;", "1:7: expected table filter or nat"),
+    ("domain ip7 chain OUTPUT ACCEPT;", "1:8: expected domain ip or ip6"),
+    ("chain OUTPUT dport 53 ACCEPT;", "1:14: 'dport' needs 'proto tcp'"),
+    ("chain OUTPUT proto ! tcp dport 53 ACCEPT;", "1:26: 'dport' needs 'proto tcp'"),
+    ("chain OUTPUT proto tcp dport 70000 ACCEPT;", "1:30: port '70000' is out of range"),
+    ("chain OUTPUT proto tcp dport 200:100 ACCEPT;", "1:30: port range '200:100' runs backwards"),
+    ("chain OUTPUT proto tcp dport nosuchservice ACCEPT;", "1:30: unknown service name 'nosuchservice'"),
+    ("chain OUTPUT proto tcp dport 1:2:3 ACCEPT;", "1:30: expected a port or a range"),
+    ("chain OUTPUT proto carrier-pigeon ACCEPT;", "1:20: expected a protocol"),
+    ("chain OUTPUT proto tcp proto udp ACCEPT;", "1:24: 'proto' given twice"),
+    ("chain OUTPUT daddr 192.0.2.1 daddr 192.0.2.2 ACCEPT;", "1:30: 'daddr' given twice"),
+    ("chain OUTPUT icmp-type echo-request ACCEPT;", "1:14: 'icmp-type' needs 'proto icmp'"),
+    ("chain OUTPUT proto icmp icmp-type flying ACCEPT;", "1:35: expected an icmp-type name or number"),
+    ("chain OUTPUT proto icmpv6 icmpv6-type 999 ACCEPT;", "1:39: expected an icmpv6-type name or number"),
+    ("chain OUTPUT mod state state NEW ACCEPT;", "1:18: unknown module 'state'"),
+    ("chain OUTPUT ctstate NEW ACCEPT;", "1:14: 'ctstate' needs 'mod conntrack'"),
+    ("chain OUTPUT mod conntrack ctstate BORED ACCEPT;", "1:36: expected a ctstate"),
+    ("chain OUTPUT mod conntrack ACCEPT;", "1:14: 'mod conntrack' needs an option"),
+    ("chain INPUT mod owner uid-owner 0 ACCEPT;", "1:35: 'mod owner' works only in chain OUTPUT"),
+    ("chain OUTPUT interface eth0 ACCEPT;", "1:14: 'interface' cannot match in chain OUTPUT"),
+    ("chain INPUT outerface eth0 ACCEPT;", "1:13: 'outerface' cannot match in chain INPUT"),
+    ("chain OUTPUT mod comment comment 'a\\b' ACCEPT;", "1:34: a comment may hold only"),
+    ("chain OUTPUT mod comment comment 'x\" -j ACCEPT' ACCEPT;", "1:34: a comment may hold only"),
+    ("chain OUTPUT LOG log-prefix 'this prefix is far too long for LOG';", "1:29: a log-prefix is longer than 29"),
+    ("chain OUTPUT LOG log-level loud;", "1:28: expected a log-level"),
+    ("chain OUTPUT REJECT reject-with icmp-bogus;", "1:33: unknown reject-with type 'icmp-bogus'"),
+    ("chain OUTPUT REJECT reject-with tcp-reset;", "1:33: reject-with tcp-reset needs 'proto tcp'"),
+    ("chain OUTPUT ACCEPT log-prefix x;", "1:21: unexpected 'log-prefix' after target ACCEPT"),
+    ("chain OUTPUT ACCEPT { }", "1:21: a target (ACCEPT) ends a rule"),
+    ("table nat chain POSTROUTING DROP;", "1:29: target DROP is not allowed in table nat"),
+    ("table nat chain PREROUTING MASQUERADE;", "1:28: MASQUERADE belongs in chain POSTROUTING"),
+    ("chain OUTPUT daddr ! (192.0.2.1 192.0.2.2) ACCEPT;", "1:22: a negated list"),
+    ("chain OUTPUT daddr () ACCEPT;", "1:20: 'daddr' needs at least one value"),
+    ("chain OUTPUT ! daddr 192.0.2.1 ACCEPT;", "1:14: '!' must follow a keyword"),
+    ("chain OUTPUT daddr ! ! 192.0.2.1 ACCEPT;", "1:22: '!' given twice"),
+    ('chain OUTPUT "daddr" 192.0.2.1 ACCEPT;', "1:14: expected a keyword"),
+    ("domain ip6 chain OUTPUT daddr 192.0.2.1 ACCEPT;", "1:31: address 192.0.2.1 does not fit a rule for IPv6"),
+    ("chain OUTPUT saddr 192.0.2.1 daddr 2001:db8::1 ACCEPT;", "1:36: address 2001:db8::1 does not fit"),
+    ("domain ip6 chain OUTPUT proto icmp ACCEPT;", "1:31: proto icmp does not fit a rule for IPv6"),
+    ("domain ip chain OUTPUT REJECT reject-with icmp6-no-route;", "1:43: reject-with icmp6-no-route does not fit"),
+    ("domain ip chain INPUT { domain ip6 chain OUTPUT ACCEPT; }", "1:25: domain ip6 inside a block for another domain"),
+    ("chain OUTPUT mod owner uid-owner nosuchuserhere ACCEPT;", "1:34: no such user 'nosuchuserhere'"),
+]
+
+
+@pytest.mark.parametrize("text,expected", ERRORS, ids=[e[1].split(": ", 1)[1][:40] for e in ERRORS])
+def test_error_names_file_line_col(tmp_path, text, expected):
+    message = error_of(tmp_path, text)
+    assert message.startswith(str(tmp_path / "c" / "30_user.conf") + ":"), message
+    assert f"30_user.conf:{expected}" in message, message
+
+
+def test_error_in_second_line_and_later_file(tmp_path):
+    message = error_of(tmp_path, "# fine\n", extra={"40_late.conf": "# one\n\n   chain OUTPUT daddr 10.0.0.256 ACCEPT;\n"})
+    assert "40_late.conf:3:23: expected an address, got '10.0.0.256'" in message
+
+
+def test_invalid_utf8_is_refused(tmp_path):
+    d = write_config(tmp_path / "c", {})
+    (tmp_path / "c" / "30_user.conf").write_bytes(b"# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"30_user.conf:1:1: not valid UTF-8"):
+        compile_config(d)
