@@ -1,0 +1,200 @@
+"""Loading into a real kernel, in namespaces of our own: iptables-save and real packets."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import backend_path, needs_root, rules_of, run_loader, write_config
+
+pytestmark = needs_root
+BACKENDS = ["nft", "legacy"]
+PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netprobe.py")
+
+EXAMPLE = """\
+@def $VPN_SERVERS = (198.51.100.7:1194/udp  203.0.113.9:443/tcp  [2001:db8::7]:1194/udp);
+@def $VPN_INTERFACES = (tun+);
+@def $ALLOW_LAN = yes;
+@def $LAN_NETS = (192.168.1.0/24);
+chain OUTPUT outerface eth0 daddr 192.168.1.20 proto tcp dport 631 ACCEPT;
+table nat chain POSTROUTING outerface tun+ MASQUERADE;
+"""
+
+
+def shown_rules(config_dir, env):
+    """family -> the -A lines `show` prints (what the kernel must hold)."""
+    out = run_loader(["--config-dir", config_dir, "show"], env=env)
+    assert out.returncode == 0, out.stderr
+    text, family = {}, None
+    for line in out.stdout.splitlines():
+        if line.startswith("# ip"):
+            family = line.split(":")[0][2:]
+            text[family] = []
+        elif line.startswith("-A"):
+            text[family].append(line)
+    return text
+
+
+def by_chain(lines):
+    """chain -> its lines in order (iptables-save sorts the chains themselves)."""
+    out = {}
+    for line in lines:
+        out.setdefault(line.split()[1], []).append(line)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_start_loads_exactly_what_show_prints(tmp_path, netns, backend):
+    env = {"PATH": backend_path(tmp_path, backend)}
+    conf = write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    ns = netns("load")
+    out = run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name)
+    assert out.returncode == 0, out.stderr
+    expected = shown_rules(conf, env)
+    for family, tool in (("ip", f"iptables-{backend}-save"), ("ip6", f"ip6tables-{backend}-save")):
+        save = ns.save(tool=tool)
+        got = [line for line in rules_of(save) if line.startswith("-A VPNFW-")]
+        assert by_chain(got) == by_chain(expected[family])
+        for chain in ("INPUT", "FORWARD", "OUTPUT"):
+            assert f":{chain} DROP" in save
+            assert [l for l in rules_of(save) if l.startswith(f"-A {chain} ")] == [f"-A {chain} -j VPNFW-{chain}"]
+    assert "-A POSTROUTING -j VPNFW-POSTROUTING" in ns.save(tool=f"iptables-{backend}-save")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reload_keeps_other_tools_rules_and_one_jump(tmp_path, netns, backend):
+    env = {"PATH": backend_path(tmp_path, backend)}
+    conf = write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    ns = netns("others")
+    ns.sh(f"iptables-{backend} -N DOCKER-USER && iptables-{backend} -A DOCKER-USER -j RETURN"
+          f" && iptables-{backend} -A FORWARD -j DOCKER-USER && iptables-{backend} -A OUTPUT -d 192.0.2.99 -j ACCEPT"
+          f" && iptables-{backend} -t nat -A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE")
+    for _ in range(3):
+        out = run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name)
+        assert out.returncode == 0, out.stderr
+    lines = rules_of(ns.save(tool=f"iptables-{backend}-save"))
+    assert "-A DOCKER-USER -j RETURN" in lines
+    assert "-A OUTPUT -d 192.0.2.99/32 -j ACCEPT" in lines
+    assert "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE" in lines
+    # ours first, once, ahead of the other tool's rules
+    assert [l for l in lines if l.startswith("-A FORWARD ")] == ["-A FORWARD -j VPNFW-FORWARD", "-A FORWARD -j DOCKER-USER"]
+    assert [l for l in lines if l.startswith("-A OUTPUT ")][0] == "-A OUTPUT -j VPNFW-OUTPUT"
+    assert lines.count("-A OUTPUT -j VPNFW-OUTPUT") == 1
+
+    out = run_loader(["unload", "--force"], env=env, netns=ns.name)
+    assert out.returncode == 0, out.stderr
+    assert "NOT protected" in out.stderr
+    lines = rules_of(ns.save(tool=f"iptables-{backend}-save"))
+    assert not [l for l in lines if "VPNFW" in l]
+    assert ":OUTPUT ACCEPT" in " ".join(lines) and ":INPUT ACCEPT" in " ".join(lines)
+    assert "-A DOCKER-USER -j RETURN" in lines and "-A OUTPUT -d 192.0.2.99/32 -j ACCEPT" in lines
+    assert "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE" in lines
+
+
+def test_unload_needs_force(tmp_path, netns):
+    conf = write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    ns = netns("force")
+    assert run_loader(["--config-dir", conf, "start"], netns=ns.name).returncode == 0
+    out = run_loader(["unload"], netns=ns.name)
+    assert out.returncode == 1 and "--force" in out.stderr
+    assert "VPNFW-OUTPUT" in ns.save()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_status_reports_loaded_changed_and_not_loaded(tmp_path, netns, backend):
+    env = {"PATH": backend_path(tmp_path, backend)}
+    conf = write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    ns = netns("status")
+    out = run_loader(["--config-dir", conf, "status"], env=env, netns=ns.name)
+    assert out.returncode == 3 and "ip: NOT LOADED" in out.stdout
+    assert run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name).returncode == 0
+    out = run_loader(["--config-dir", conf, "status"], env=env, netns=ns.name)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"backend: iptables-{backend}" in out.stdout
+    assert "ip: loaded, the same as the config compiles to" in out.stdout
+    assert "ip6: loaded, the same as the config compiles to" in out.stdout
+    ns.sh("ip link add tun7 type veth peer name tun7p")
+    # a blocked packet is counted
+    ns.sh("ip link add eth9 type veth peer name eth9p && ip addr add 198.18.0.1/24 dev eth9"
+          " && ip link set eth9 up && ip link set eth9p up && ip route add default via 198.18.0.2")
+    assert ns.sh(f"{sys.executable} {PROBE} tcp 192.0.2.1 80", check=False).stdout.strip() == "refused"
+    write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE + "chain OUTPUT daddr 192.0.2.7 DROP;\n"})
+    out = run_loader(["--config-dir", conf, "status"], env=env, netns=ns.name)
+    assert out.returncode == 1
+    assert "config on disk has changed" in out.stdout
+    assert "tun7 (down)" in out.stdout
+    assert "ip: blocked packets: INPUT 0, FORWARD 0, OUTPUT 1" in out.stdout
+
+
+# -- real packets -------------------------------------------------------------------
+PACKET_CONFIG = """\
+@def $VPN_SERVERS = (198.18.0.2:1194/tcp [2001:db8:1::2]:1194/tcp);
+@def $VPN_INTERFACES = (tun+);
+"""
+
+# (probe, expected with vpn-firewall loaded); without it every one is "ok".
+FLOWS = [
+    ("tcp 198.18.0.2 1194", "ok"),               # the VPN server, outside the tunnel
+    ("tcp 2001:db8:1::2 1194", "ok"),
+    ("tcp 198.18.0.2 80", "refused"),            # anything else there: refused at once
+    ("tcp 2001:db8:1::2 80", "refused"),
+    ("udp 198.18.0.2 1194", "error:EPERM"),      # the server's port, but the wrong protocol
+    ("udp 198.18.0.2 53", "error:EPERM"),        # DNS outside the tunnel: refused at send
+    ("tcp 192.0.2.10 80", "ok"),                 # "the internet", through the tunnel
+    ("tcp 2001:db8:2::10 80", "ok"),
+    ("udp 192.0.2.10 53", "ok"),                 # DNS through the tunnel
+    ("tcp 192.0.2.10 80 eth0", "refused"),       # a socket bound to the physical device
+    ("tcp 2001:db8:2::10 80 eth0", "refused"),
+]
+
+
+@pytest.fixture
+def testbed(netns):
+    """client (firewalled) and net (server, "internet" on lo), linked by eth0 and a stand-in tun0."""
+    client, net = netns("client"), netns("net")
+    subprocess.run(["ip", "link", "add", "eth0", "netns", client.name, "type", "veth", "peer", "name", "peer0",
+                    "netns", net.name], check=True)
+    subprocess.run(["ip", "link", "add", "tun0", "netns", client.name, "type", "veth", "peer", "name", "tunpeer",
+                    "netns", net.name], check=True)
+    client.sh("ip addr add 198.18.0.1/24 dev eth0 && ip addr add 2001:db8:1::1/64 dev eth0 nodad"
+              " && ip addr add 10.8.0.2/24 dev tun0 && ip addr add 2001:db8:8::2/64 dev tun0 nodad"
+              " && ip link set eth0 up && ip link set tun0 up"
+              " && ip route add default via 198.18.0.2 && ip -6 route add default via 2001:db8:1::2"
+              " && ip route add 192.0.2.0/24 via 10.8.0.1 && ip -6 route add 2001:db8:2::/64 via 2001:db8:8::1")
+    net.sh("ip addr add 198.18.0.2/24 dev peer0 && ip addr add 2001:db8:1::2/64 dev peer0 nodad"
+           " && ip addr add 10.8.0.1/24 dev tunpeer && ip addr add 2001:db8:8::1/64 dev tunpeer nodad"
+           " && ip addr add 192.0.2.10/32 dev lo && ip addr add 2001:db8:2::10/128 dev lo"
+           " && ip link set peer0 up && ip link set tunpeer up")
+    server = subprocess.Popen(["ip", "netns", "exec", net.name, sys.executable, PROBE, "serve", "80", "1194", "53",
+                               "198.18.0.2", "192.0.2.10", "2001:db8:1::2", "2001:db8:2::10"],
+                              stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    yield client, net
+    server.kill()
+    server.wait()
+
+
+def probe(ns, flow):
+    return ns.sh(f"{sys.executable} {PROBE} {flow}", check=False).stdout.strip()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packets_pass_or_not_as_the_policy_says(tmp_path, testbed, backend):
+    client, net = testbed
+    env = {"PATH": backend_path(tmp_path, backend)}
+    conf = write_config(tmp_path / "conf", {"30_user.conf": PACKET_CONFIG})
+    without = {flow: probe(client, flow) for flow, _ in FLOWS}
+    assert without == {flow: "ok" for flow, _ in FLOWS}, "negative control: the test bed must let everything through"
+
+    out = run_loader(["--config-dir", conf, "start"], env=env, netns=client.name)
+    assert out.returncode == 0, out.stderr
+    got = {flow: probe(client, flow) for flow, _ in FLOWS}
+    assert got == dict(FLOWS)
+
+    # the tunnel goes down: what went through it falls back to eth0, and is stopped there
+    client.sh("ip link set tun0 down")
+    assert probe(client, "tcp 192.0.2.10 80") in ("refused", "error:ENETUNREACH")
+    client.sh("ip route add 192.0.2.0/24 via 198.18.0.2 dev eth0 metric 50")
+    assert probe(client, "tcp 192.0.2.10 80") == "refused"
+    assert probe(client, "tcp 198.18.0.2 1194") == "ok"
