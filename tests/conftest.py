@@ -45,7 +45,7 @@ def run_loader(args, env=None, netns=None, timeout=60):
     """Run the loader as a process, optionally inside a named network namespace."""
     argv = [sys.executable, LOADER] + list(args)
     if netns:
-        argv = ["ip", "netns", "exec", netns] + argv
+        argv = [shutil.which("ip"), "netns", "exec", netns] + argv
     full_env = dict(os.environ)
     full_env.pop("JOURNAL_STREAM", None)
     full_env["VPN_FIREWALL_LOCK"] = "/tmp/vpn-firewall-test.lock"

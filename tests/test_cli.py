@@ -1,0 +1,54 @@
+"""The command line: check, show, usage and exit codes (the kernel is not touched here)."""
+
+from conftest import SHIPPED_CONFIG, run_loader, write_config
+
+EXAMPLE = "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\nchain OUTPUT daddr 192.0.2.1 proto tcp dport 631 ACCEPT;\n"
+
+
+def test_check_accepts_a_good_config(tmp_path):
+    conf = write_config(tmp_path / "c", {"30_user.conf": EXAMPLE})
+    out = run_loader(["--config-dir", conf, "check"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("configuration OK: ")
+
+
+def test_check_names_the_error_and_exits_3(tmp_path):
+    conf = write_config(tmp_path / "c", {"30_user.conf": "@def $VPN_SERVERS = (198.51.100.);\n"})
+    out = run_loader(["--config-dir", conf, "check"])
+    assert out.returncode == 3
+    assert out.stderr.strip() == f"{conf}/30_user.conf:1:22: expected an address, got '198.51.100.'"
+    out = run_loader(["--config-dir", conf, "show"])
+    assert out.returncode == 3 and out.stdout == ""
+
+
+def test_show_prints_both_families_as_restore_input(tmp_path):
+    conf = write_config(tmp_path / "c", {"30_user.conf": EXAMPLE})
+    out = run_loader(["--config-dir", conf, "show"])
+    assert out.returncode == 0
+    assert out.stdout.startswith("# ip: iptables-restore --noflush\n*filter\n:INPUT DROP [0:0]\n")
+    assert "# ip6: ip6tables-restore --noflush\n*filter\n" in out.stdout
+    assert out.stdout.count("COMMIT\n") == 2
+
+
+def test_shipped_config_is_valid(tmp_path):
+    out = run_loader(["--config-dir", SHIPPED_CONFIG, "check"])
+    assert out.returncode == 0, out.stderr
+    assert "$VPN_SERVERS is empty" in out.stderr
+
+
+def test_usage_errors_exit_2():
+    assert run_loader([]).returncode == 2
+    assert run_loader(["frobnicate"]).returncode == 2
+
+
+def test_help_documents_exit_codes():
+    out = run_loader(["--help"])
+    assert out.returncode == 0
+    for code in ("0 ", "3 ", "4 ", "5 ", "6 "):
+        assert f"\n  {code}" in out.stdout
+
+
+def test_journal_gets_priorities(tmp_path):
+    conf = write_config(tmp_path / "c", {"30_user.conf": ""})
+    out = run_loader(["--config-dir", conf, "check"], env={"JOURNAL_STREAM": "1:1"})
+    assert out.stderr.startswith("<5>$VPN_SERVERS is empty")

@@ -1,0 +1,180 @@
+"""Fail closed: a broken config, a failing or lying iptables-restore, a crash: never an open machine."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import LIBDIR, needs_root, rules_of, run_loader, write_config
+
+pytestmark = needs_root
+
+GOOD = "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n"
+BROKEN = "@def $VPN_SERVERS = (198.51.100.7:1194/udp\n  198.51.100.);\n"
+PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netprobe.py")
+BROKEN_AT = "30_user.conf:2:3: expected an address, got '198.51.100.'"
+
+
+def stand_in(tmp_path, name, script):
+    """A PATH whose `name` (both families) is the given shell script, the rest the real tools."""
+    bindir = tmp_path / "standin"
+    bindir.mkdir(exist_ok=True)
+    for family in ("iptables", "ip6tables"):
+        path = bindir / f"{family}-{name}"
+        path.write_text("#!/bin/sh\n" + script.replace("REAL", f"/usr/sbin/{family}-{name}"))
+        path.chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
+def assert_lockdown(ns, family="ip"):
+    save = ns.save(family)
+    for chain in ("INPUT", "FORWARD", "OUTPUT"):
+        assert f":{chain} DROP" in save, save
+    assert "vpn-firewall lockdown" in save, save
+
+
+def assert_policies_drop(ns, family="ip"):
+    save = ns.save(family)
+    for chain in ("INPUT", "FORWARD", "OUTPUT"):
+        assert f":{chain} DROP" in save, save
+
+
+def probe(ns, flow):
+    return ns.sh(f"{sys.executable} {PROBE} {flow}", check=False).stdout.strip()
+
+
+def test_broken_config_at_first_start_gives_lockdown(tmp_path, netns):
+    ns, peer = netns("boot"), netns("peer")
+    subprocess.run(["ip", "link", "add", "eth0", "netns", ns.name, "type", "veth", "peer", "name", "eth0p",
+                    "netns", peer.name], check=True)
+    ns.sh("ip addr add 198.18.0.1/24 dev eth0 && ip link set eth0 up")
+    peer.sh("ip addr add 198.18.0.2/24 dev eth0p && ip link set eth0p up")
+    servers = [subprocess.Popen(["ip", "netns", "exec", n.name, sys.executable, PROBE, "serve", "80"],
+                                stdout=subprocess.PIPE, text=True) for n in (ns, peer)]
+    try:
+        for server in servers:
+            assert server.stdout.readline().strip() == "ready"
+        assert probe(ns, "tcp 198.18.0.2 80") == "ok", "negative control"
+        conf = write_config(tmp_path / "conf", {"30_user.conf": BROKEN})
+        out = run_loader(["--config-dir", conf, "start"], netns=ns.name)
+        assert out.returncode == 5, out.stderr
+        assert BROKEN_AT in out.stderr
+        assert_lockdown(ns, "ip")
+        assert_lockdown(ns, "ip6")
+        assert probe(ns, "tcp 127.0.0.1 80") == "ok"
+        assert probe(ns, "tcp 198.18.0.2 80") == "timeout"
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+    status = run_loader(["--config-dir", conf, "status"], netns=ns.name)
+    assert status.returncode == 1 and "LOCKDOWN" in status.stdout
+
+
+def test_broken_config_on_reload_keeps_the_old_rules(tmp_path, netns):
+    ns = netns("reload")
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    assert run_loader(["--config-dir", conf, "start"], netns=ns.name).returncode == 0
+    before = (rules_of(ns.save("ip")), rules_of(ns.save("ip6")))
+    write_config(tmp_path / "conf", {"30_user.conf": BROKEN})
+    out = run_loader(["--config-dir", conf, "reload"], netns=ns.name)
+    assert out.returncode == 4
+    assert BROKEN_AT in out.stderr and "stay in force" in out.stderr
+    assert (rules_of(ns.save("ip")), rules_of(ns.save("ip6"))) == before
+
+
+def test_failing_iptables_restore_at_first_start_drops_by_policy(tmp_path, netns):
+    ns = netns("norestore")
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    env = stand_in(tmp_path, "restore", "echo 'stand-in: no' >&2; exit 1\n")
+    out = run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name)
+    assert out.returncode == 5, out.stderr
+    assert "stand-in: no" in out.stderr and "LOCKDOWN by policy" in out.stderr
+    assert_policies_drop(ns, "ip")
+    assert_policies_drop(ns, "ip6")
+
+
+def test_failing_iptables_restore_on_reload_keeps_the_old_rules(tmp_path, netns):
+    ns = netns("norestore2")
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    assert run_loader(["--config-dir", conf, "start"], netns=ns.name).returncode == 0
+    before = rules_of(ns.save("ip"))
+    write_config(tmp_path / "conf", {"30_user.conf": GOOD + "chain OUTPUT daddr 192.0.2.1 ACCEPT;\n"})
+    env = stand_in(tmp_path, "restore", "cat >/dev/null; echo 'stand-in: no' >&2; exit 4\n")
+    out = run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name)
+    assert out.returncode == 4 and "stand-in: no" in out.stderr
+    assert rules_of(ns.save("ip")) == before
+
+
+def test_restore_that_loads_something_else_is_caught_and_locked_down(tmp_path, netns):
+    ns = netns("liar")
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    # drops one of our rules from the real ruleset; the lockdown ruleset passes untouched
+    env = stand_in(tmp_path, "restore", "sed '/blocked out/d' | REAL \"$@\"\n")
+    out = run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name)
+    assert out.returncode == 5, out.stderr
+    assert "not what was loaded" in out.stderr and "differs at rule" in out.stderr
+    assert_lockdown(ns, "ip")
+
+
+def test_missing_iptables_says_so_and_exits_6(tmp_path, netns):
+    ns = netns("nobin")
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    empty = tmp_path / "emptybin"
+    empty.mkdir()
+    out = run_loader(["--config-dir", conf, "start"], env={"PATH": str(empty)}, netns=ns.name)
+    assert out.returncode == 6, out.stderr
+    assert "iptables-restore not found" in out.stderr and "COULD NOT CLOSE" in out.stderr
+
+
+def test_a_crash_while_compiling_leaves_the_lockdown(tmp_path, netns):
+    ns = netns("crash")
+    code = (f"import sys; sys.path.insert(0, {LIBDIR!r})\n"
+            "from vpnfw import load\n"
+            "def boom(): raise RuntimeError('bug in the compiler')\n"
+            "sys.exit(load.apply(boom, lambda level, msg: print(level, msg, file=sys.stderr)))\n")
+    out = ns.sh(f"{sys.executable} -c \"{code}\"", check=False)
+    assert out.returncode == 5, out.stderr
+    assert "internal error: RuntimeError: bug in the compiler" in out.stderr
+    assert_lockdown(ns, "ip")
+
+
+def test_no_ipv6_in_the_kernel_skips_ip6(tmp_path, netns):
+    ns = netns("noipv6")
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    out = run_loader(["--config-dir", conf, "start"], env={"VPN_FIREWALL_PROC": str(proc)}, netns=ns.name)
+    assert out.returncode == 0, out.stderr
+    assert "IPv6 rules skipped" in out.stderr
+    assert "VPNFW-OUTPUT" in ns.save("ip")
+    assert "VPNFW" not in ns.save("ip6")
+
+
+def test_untrusted_config_is_refused_and_nothing_changes(tmp_path, netns):
+    ns = netns("perm")
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    assert run_loader(["--config-dir", conf, "start"], netns=ns.name).returncode == 0
+    before = rules_of(ns.save("ip"))
+    path = os.path.join(conf, "30_user.conf")
+    os.chmod(path, 0o666)
+    out = run_loader(["--config-dir", conf, "reload"], netns=ns.name)
+    assert out.returncode == 4
+    assert f"{path}:1:1: the config file is writable by group or others (mode 0666)" in out.stderr
+    os.chmod(path, 0o644)
+    os.chown(path, 65534, 65534)
+    out = run_loader(["--config-dir", conf, "reload"], netns=ns.name)
+    assert out.returncode == 4 and f"{path}:1:1: the config file is owned by uid 65534, not root" in out.stderr
+    os.chown(path, 0, 0)
+    os.chmod(conf, 0o777)
+    out = run_loader(["--config-dir", conf, "reload"], netns=ns.name)
+    assert out.returncode == 4 and "the config directory is writable by group or others" in out.stderr
+    assert rules_of(ns.save("ip")) == before
+
+
+def test_missing_config_dir_at_first_start_gives_lockdown(tmp_path, netns):
+    ns = netns("nodir")
+    out = run_loader(["--config-dir", str(tmp_path / "nope"), "start"], netns=ns.name)
+    assert out.returncode == 5 and "the config directory does not exist" in out.stderr
+    assert_lockdown(ns, "ip")
