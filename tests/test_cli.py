@@ -52,3 +52,13 @@ def test_journal_gets_priorities(tmp_path):
     conf = write_config(tmp_path / "c", {"30_user.conf": ""})
     out = run_loader(["--config-dir", conf, "check"], env={"JOURNAL_STREAM": "1:1"})
     assert out.stderr.startswith("<5>$VPN_SERVERS is empty")
+
+
+def test_is_configured(tmp_path):
+    empty = write_config(tmp_path / "a", {"30_user.conf": "# nothing yet\n"})
+    assert run_loader(["--config-dir", empty, "is-configured"]).returncode == 1
+    broken = write_config(tmp_path / "b", {"30_user.conf": "@def $VPN_SERVERS = (1.2.3.);\n"})
+    assert run_loader(["--config-dir", broken, "is-configured"]).returncode == 1
+    good = write_config(tmp_path / "c", {"30_user.conf": EXAMPLE})
+    out = run_loader(["--config-dir", good, "is-configured"])
+    assert out.returncode == 0 and out.stderr == ""

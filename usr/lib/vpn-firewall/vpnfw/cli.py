@@ -37,7 +37,7 @@ class Compiled(NamedTuple):
     settings: object
 
 
-def compile_config(config_dir: str) -> "Compiled":
+def compile_config(config_dir: str, quiet: bool = False) -> "Compiled":
     """The config's ruleset and settings, or ConfigError; warnings are said on the way."""
     from . import policy
     from .compiler import Compiler
@@ -48,9 +48,9 @@ def compile_config(config_dir: str) -> "Compiled":
     config = read_config(config_dir)
     settings = read_settings(config.variables)
     user_rules = Compiler(config.variables, Services(services_path())).compile(config.statements)
-    for warning in unused_warnings(config.variables):
+    for warning in [] if quiet else unused_warnings(config.variables):
         sys.stderr.write(warning + "\n")
-    if not settings.vpn_servers:
+    if not settings.vpn_servers and not quiet:
         say("notice", "$VPN_SERVERS is empty: nothing but LAN/DHCP can leave outside the tunnel, "
                       "so no VPN client can connect; set it in " + os.path.join(config_dir, "30_user.conf"))
     return Compiled(policy.build(settings, user_rules), settings)
@@ -125,6 +125,15 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_is_configured(args) -> int:
+    """For the package's postinst: is there anything to connect to yet?"""
+    try:
+        compiled = compile_config(args.config_dir, quiet=True)
+    except ConfigError:
+        return REFUSED
+    return 0 if compiled.settings.vpn_servers else REFUSED
+
+
 def cmd_status(args) -> int:
     from .status import status
 
@@ -165,6 +174,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("reload", help="the same as start: the old rules stay if the new config fails").set_defaults(func=cmd_start)
     sub.add_parser("check", help="validate the config and the ruleset; the kernel is not touched").set_defaults(func=cmd_check)
     sub.add_parser("show", help="print the iptables-restore input of both families (dry run)").set_defaults(func=cmd_show)
+    sub.add_parser("is-configured", help="exit 0 if the config is valid and names a VPN server, else 1"
+                   ).set_defaults(func=cmd_is_configured)
     sub.add_parser("status", help="what is loaded, whether it matches the config, what was blocked").set_defaults(func=cmd_status)
     un = sub.add_parser("unload", help="remove the kill switch and OPEN the network (needs --force)")
     un.add_argument("--force", action="store_true", help="yes, open this machine's network")

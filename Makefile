@@ -1,0 +1,77 @@
+# vpn-firewall: build, install, test. Run as root for deb-deps, test-deps, test, demo.
+PACKAGE  := vpn-firewall
+VERSION  := $(shell dpkg-parsechangelog -S Version 2>/dev/null || sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
+DESTDIR  ?=
+PYTHON   ?= /usr/bin/python3
+BUILD    := build
+DEB      := $(PACKAGE)_$(VERSION)_all.deb
+
+BUILD_DEPS := debhelper dh-python python3 python3-docutils dpkg-dev fakeroot lintian
+TEST_DEPS  := $(BUILD_DEPS) iptables iproute2 ferm python3-pytest python3-hypothesis python3-pyflakes \
+              tcpdump openvpn openssl curl mmdebstrap systemd-container bash-completion
+
+LIB_FILES := usr/lib/vpn-firewall/vpn-firewall $(wildcard usr/lib/vpn-firewall/vpnfw/*.py)
+MANPAGES  := $(BUILD)/man/vpn-firewall.8 $(BUILD)/man/vpn-firewall.conf.5
+
+.PHONY: all man install deb deb-deps test-deps test test-unit lint demo clean
+
+all: man
+
+man: $(MANPAGES)
+
+$(BUILD)/man/%: man/%.rst
+	@mkdir -p $(@D)
+	rst2man --strict $< > $@
+
+install: man
+	install -d $(DESTDIR)/usr/lib/vpn-firewall/vpnfw $(DESTDIR)/usr/sbin \
+	    $(DESTDIR)/etc/vpn-firewall $(DESTDIR)/lib/systemd/system \
+	    $(DESTDIR)/usr/share/bash-completion/completions
+	install -m 0755 usr/lib/vpn-firewall/vpn-firewall $(DESTDIR)/usr/lib/vpn-firewall/
+	install -m 0644 usr/lib/vpn-firewall/vpnfw/*.py $(DESTDIR)/usr/lib/vpn-firewall/vpnfw/
+	ln -sf ../lib/vpn-firewall/vpn-firewall $(DESTDIR)/usr/sbin/vpn-firewall
+	install -m 0644 etc/vpn-firewall/*.conf $(DESTDIR)/etc/vpn-firewall/
+	install -m 0644 lib/systemd/system/vpn-firewall.service $(DESTDIR)/lib/systemd/system/
+	install -m 0644 usr/share/bash-completion/completions/vpn-firewall \
+	    $(DESTDIR)/usr/share/bash-completion/completions/
+
+# Installs what building needs when run as root and something is missing.
+deb-deps:
+	@missing=$$(for p in $(BUILD_DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	    else echo "missing build dependencies: $$missing (run as root to install them)"; exit 1; fi; \
+	fi
+
+test-deps:
+	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(TEST_DEPS)"
+
+# Builds in a copy of the tree so nothing is written outside build/; then the versioned
+# .deb and a plain vpn-firewall.deb copy land here, for 'apt install ./vpn-firewall.deb'.
+deb: deb-deps
+	rm -rf $(BUILD)/pkg && mkdir -p $(BUILD)/pkg/$(PACKAGE)-$(VERSION)
+	git ls-files -z --cached --others --exclude-standard 2>/dev/null | xargs -0 -I{} cp --parents {} $(BUILD)/pkg/$(PACKAGE)-$(VERSION)/ \
+	    || tar --exclude=./$(BUILD) --exclude=./.git -cf - . | tar -C $(BUILD)/pkg/$(PACKAGE)-$(VERSION) -xf -
+	cd $(BUILD)/pkg/$(PACKAGE)-$(VERSION) && dpkg-buildpackage -us -uc -b
+	cp $(BUILD)/pkg/$(DEB) $(DEB)
+	cp $(DEB) $(PACKAGE).deb
+	@echo "built $(DEB) (and $(PACKAGE).deb)"
+
+lint: deb
+	$(PYTHON) -m pyflakes usr/lib/vpn-firewall/vpnfw usr/lib/vpn-firewall/vpn-firewall tests
+	lintian --fail-on error,warning $(DEB)
+	systemd-analyze verify --man=no lib/systemd/system/vpn-firewall.service
+
+test-unit:
+	$(PYTHON) -m pytest -q tests/test_language.py tests/test_cli.py tests/test_fuzz.py
+
+# Every layer: language, kernel in namespaces, ferm, fail-closed, package + lintian, boot.
+test: test-deps deb
+	$(PYTHON) -m pyflakes usr/lib/vpn-firewall/vpnfw usr/lib/vpn-firewall/vpn-firewall tests
+	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider tests
+
+demo: test-deps
+	$(PYTHON) tests/demo.py
+
+clean:
+	rm -rf $(BUILD) $(PACKAGE)_*_all.deb $(PACKAGE).deb
