@@ -1,0 +1,131 @@
+"""The package under a real systemd: boot a minimal Debian 12 (systemd-nspawn, its own network
+namespace) and show the unit runs before network-pre.target, loads the kill switch, fails into
+lockdown with a broken config, and that install, upgrade, remove and purge behave."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import needs_root
+
+DEB = os.environ.get("VPN_FIREWALL_DEB")
+CACHE = os.environ.get("VPN_FIREWALL_TEST_CACHE", "/var/cache/vpn-firewall-tests")
+BASE = os.path.join(CACHE, "bookworm-base")
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
+INCLUDE = "systemd,systemd-sysv,dbus,iptables,python3,iproute2,ifupdown"
+
+pytestmark = [
+    needs_root,
+    pytest.mark.skipif(not DEB, reason="set VPN_FIREWALL_DEB to a built .deb (make test does)"),
+    pytest.mark.skipif(not shutil.which("systemd-nspawn"), reason="needs systemd-container"),
+]
+
+CONFIGURED = "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n"
+BROKEN = "@def $VPN_SERVERS = (198.51.100.7:1194/udp 198.51.100.);\n"
+INTERFACES = "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet static\n    address 198.18.0.1/24\n"
+
+
+@pytest.fixture(scope="module")
+def base():
+    """A cached minimal bookworm tree (mmdebstrap from Debian's packages, about 20 s once)."""
+    if not os.path.isdir(BASE):
+        os.makedirs(CACHE, exist_ok=True)
+        tmp = BASE + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={INCLUDE}", "bookworm", tmp],
+                       check=True, capture_output=True)
+        os.rename(tmp, BASE)
+    return BASE
+
+
+def boot(tmp_path, base, scenario, config=None, preinstall=True):
+    """Boot a guest on an overlay of the base tree; return (results dir, console output)."""
+    upper, work, root = (tmp_path / d for d in ("upper", "work", "root"))
+    for d in (upper, work, root):
+        d.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={base},upperdir={upper},workdir={work}", str(root)], check=True)
+    ns = f"vpnfw-boot-{os.getpid()}-{scenario}"
+    try:
+        shutil.copy(os.path.join(HERE, "guest-check.sh"), root / "root")
+        shutil.copy(os.path.join(HERE, "guest-check.service"), root / "etc/systemd/system")
+        wants = root / "etc/systemd/system/multi-user.target.wants"
+        wants.mkdir(exist_ok=True)
+        (wants / "guest-check.service").symlink_to("/etc/systemd/system/guest-check.service")
+        (root / "root/scenario").write_text(scenario)
+        (root / "etc/network/interfaces").write_text(INTERFACES)
+        shutil.copy(DEB, root / "root/vpn-firewall.deb")
+        if preinstall:
+            out = subprocess.run(["chroot", str(root), "dpkg", "-i", "/root/vpn-firewall.deb"],
+                                 capture_output=True, text=True)
+            assert out.returncode == 0, out.stdout + out.stderr
+        if config is not None:
+            (root / "etc/vpn-firewall/30_user.conf").write_text(config)
+        # the guest's own namespace, with an eth0 for ifupdown to configure
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        subprocess.run(["ip", "netns", "add", ns + "-peer"], check=True)
+        subprocess.run(["ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", "eth0p",
+                        "netns", ns + "-peer"], check=True)
+        console = subprocess.run(
+            ["timeout", "180", "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
+             f"--network-namespace-path=/run/netns/{ns}", "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+             "--console=read-only", "-D", str(root)],
+            capture_output=True, text=True)
+        results = tmp_path / "results"
+        shutil.copytree(root / "root/results", results)
+        return results, console.stdout + console.stderr
+    finally:
+        subprocess.run(["umount", str(root)], check=False)
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+        subprocess.run(["ip", "netns", "delete", ns + "-peer"], check=False)
+
+
+def facts(results):
+    return dict(line.split("=", 1) for line in (results / "boot").read_text().splitlines())
+
+
+def test_boot_loads_the_kill_switch_before_the_network(tmp_path, base):
+    results, console = boot(tmp_path, base, "configured", CONFIGURED)
+    f = facts(results)
+    assert f["result"] == "success" and f["active"] == "active", console
+    assert 0 < int(f["fw_exit"]) < int(f["netpre"]), f
+    assert int(f["fw_exit"]) < int(f["networking_start"]), f
+    assert "198.18.0.1/24" in (results / "addr").read_text(), "ifupdown configured eth0 afterwards"
+    for name in ("boot-ip.save", "boot-ip6.save"):
+        save = (results / name).read_text()
+        assert ":OUTPUT DROP" in save and "-A OUTPUT -j VPNFW-OUTPUT" in save
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j ACCEPT" in (results / "boot-ip.save").read_text()
+
+
+def test_broken_config_boots_into_lockdown_with_the_unit_failed(tmp_path, base):
+    results, console = boot(tmp_path, base, "broken", BROKEN)
+    f = facts(results)
+    assert f["result"] == "exit-code" and f["active"] == "failed" and f["exit_status"] == "5", f
+    assert 0 < int(f["fw_exit"]) < int(f["networking_start"]), f
+    save = (results / "boot-ip.save").read_text()
+    assert "vpn-firewall lockdown" in save and ":OUTPUT DROP" in save
+    assert "/etc/vpn-firewall/30_user.conf:1:44: expected an address, got '198.51.100.'" in (results / "journal").read_text()
+
+
+def test_install_upgrade_remove_purge_in_a_running_system(tmp_path, base):
+    results, console = boot(tmp_path, base, "install", preinstall=False)
+    f = facts(results)
+    assert (results / "done").exists(), console
+    # unconfigured install: enabled, not started, and says so
+    assert "NOT started" in (results / "install.log").read_text()
+    assert f["install_active"] == "inactive" and f["install_enabled"] == "enabled", f
+    assert "VPNFW" not in (results / "install.save").read_text()
+    # configured and restarted: loaded
+    assert f["restart_active"] == "active"
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32" in (results / "restart.save").read_text()
+    # upgrade (reinstall): still active, rules still there
+    assert f["upgrade_active"] == "active"
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32" in (results / "upgrade.save").read_text()
+    # remove: opened, with a clear message
+    assert "OPEN" in (results / "remove.log").read_text()
+    removed = (results / "remove.save").read_text()
+    assert "VPNFW" not in removed and ":OUTPUT ACCEPT" in removed
+    # purge: nothing left in /etc
+    assert "No such file" in f["purged_etc"]
