@@ -129,3 +129,24 @@ def test_install_upgrade_remove_purge_in_a_running_system(tmp_path, base):
     assert "VPNFW" not in removed and ":OUTPUT ACCEPT" in removed
     # purge: nothing left in /etc
     assert "No such file" in f["purged_etc"]
+
+
+def test_autopkgtest_script_passes_in_a_chroot(tmp_path, base):
+    """debian/tests/kill-switch, run where the package is installed (a chroot of the base tree)."""
+    upper, work, root = (tmp_path / d for d in ("upper", "work", "root"))
+    for d in (upper, work, root):
+        d.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={base},upperdir={upper},workdir={work}", str(root)], check=True)
+    try:
+        subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+        shutil.copy(DEB, root / "root/vpn-firewall.deb")
+        shutil.copy(os.path.join(HERE, "..", "..", "debian", "tests", "kill-switch"), root / "root/kill-switch")
+        out = subprocess.run(["chroot", str(root), "dpkg", "-i", "/root/vpn-firewall.deb"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert "NOT started" in out.stderr
+        out = subprocess.run(["chroot", str(root), "sh", "/root/kill-switch"], capture_output=True, text=True)
+        assert out.returncode == 0 and "PASS" in out.stdout, out.stdout + out.stderr
+    finally:
+        subprocess.run(["umount", str(root / "proc")], check=False)
+        subprocess.run(["umount", str(root)], check=False)
