@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import LIBDIR, needs_root, rules_of, run_loader, write_config
+from conftest import LIBDIR, LOADER, needs_root, rules_of, run_loader, write_config
 
 pytestmark = needs_root
 
@@ -178,3 +178,57 @@ def test_missing_config_dir_at_first_start_gives_lockdown(tmp_path, netns):
     out = run_loader(["--config-dir", str(tmp_path / "nope"), "start"], netns=ns.name)
     assert out.returncode == 5 and "the config directory does not exist" in out.stderr
     assert_lockdown(ns, "ip")
+
+
+def _closed(ns, family):
+    """Our chains (full or lockdown) are loaded and every built-in policy drops."""
+    save = ns.save(family)
+    return "-A OUTPUT -j VPNFW-OUTPUT" in save and all(f":{c} DROP" in save for c in ("INPUT", "FORWARD", "OUTPUT"))
+
+
+def _kill_during(ns, conf, delay):
+    import time
+    env = dict(os.environ, VPN_FIREWALL_LOCK="/tmp/vpn-firewall-test.lock")
+    proc = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, LOADER, "--config-dir", conf, "start"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.kill()
+    proc.wait()
+
+
+def test_loader_killed_at_random_points_of_a_restart_never_opens(tmp_path, netns):
+    import random
+    rng = random.Random(4242)
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    ns = netns("killrestart")
+    assert run_loader(["--config-dir", conf, "start"], netns=ns.name).returncode == 0
+    for _ in range(15):
+        _kill_during(ns, conf, rng.uniform(0, 0.25))
+        assert _closed(ns, "ip") and _closed(ns, "ip6")
+
+
+def test_loader_killed_at_first_start_is_closed_by_ensure_closed(tmp_path, netns):
+    import random
+    rng = random.Random(2424)
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    outcomes = set()
+    for k in range(10):
+        ns = netns(f"killboot{k}")
+        _kill_during(ns, conf, 0.0 if k == 0 else rng.uniform(0, 0.25))
+        outcomes.add(_closed(ns, "ip"))
+        # what the unit's ExecStopPost runs after a start that did not succeed
+        out = run_loader(["ensure-closed"], env={"SERVICE_RESULT": "signal"}, netns=ns.name)
+        assert out.returncode in (0, 5), out.stderr
+        assert _closed(ns, "ip") and _closed(ns, "ip6")
+        before = ns.save("ip")
+        assert run_loader(["ensure-closed"], env={"SERVICE_RESULT": "signal"}, netns=ns.name).returncode == 0
+        assert ns.save("ip") == before, "ensure-closed leaves loaded rules alone"
+        ns.delete()
+    assert False in outcomes, "some kill came before anything was loaded: the case ensure-closed is for"
+
+
+def test_ensure_closed_after_success_does_nothing(tmp_path, netns):
+    ns = netns("success")
+    out = run_loader(["ensure-closed"], env={"SERVICE_RESULT": "success"}, netns=ns.name)
+    assert out.returncode == 0
+    assert "VPNFW" not in ns.save("ip")

@@ -57,7 +57,8 @@ def test_unit_verifies_and_is_ordered_for_boot(tmp_path):
     for line in ("DefaultDependencies=no", "Before=network-pre.target", "Wants=network-pre.target",
                  "Conflicts=shutdown.target", "WantedBy=sysinit.target", "Type=oneshot", "RemainAfterExit=yes"):
         assert line in unit
-    assert "ExecStop" not in unit.replace("# No ExecStop", "")
+    assert not [l for l in unit.splitlines() if l.startswith("ExecStop=")]
+    assert "ExecStopPost=/usr/sbin/vpn-firewall ensure-closed" in unit
     score = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={tmp_path / 'tree'}",
                             "vpn-firewall.service"], capture_output=True, text=True).stdout
     level = float(re.search(r"Overall exposure level for vpn-firewall.service: ([\d.]+)", score).group(1))

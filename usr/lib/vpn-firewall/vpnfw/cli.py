@@ -140,6 +140,29 @@ def cmd_status(args) -> int:
     return status(args.config_dir, lambda: compile_config(args.config_dir), say)
 
 
+def cmd_ensure_closed(args) -> int:
+    """The unit's ExecStopPost: a start that was killed before it loaded anything leaves
+    the kernel's open defaults; close each family that holds nothing of ours. Never opens."""
+    from . import kernel, load
+
+    if os.environ.get("SERVICE_RESULT", "") == "success":
+        return load.OK
+    worst = load.OK
+    lock = _lock()
+    try:
+        for family in load.families():
+            try:
+                loaded = kernel.is_loaded(kernel.save(family))
+            except LoadError:
+                loaded = False
+            if not loaded:
+                worst = max(worst, load.OUTCOME_EXIT[load.lockdown(family, say)])
+    finally:
+        if lock:
+            lock.close()
+    return worst
+
+
 def cmd_unload(args) -> int:
     from . import load
 
@@ -177,6 +200,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("is-configured", help="exit 0 if the config is valid and names a VPN server, else 1"
                    ).set_defaults(func=cmd_is_configured)
     sub.add_parser("status", help="what is loaded, whether it matches the config, what was blocked").set_defaults(func=cmd_status)
+    sub.add_parser("ensure-closed", help="load the lockdown where nothing of ours is loaded (the unit's "
+                   "ExecStopPost after a failed start); never opens").set_defaults(func=cmd_ensure_closed)
     un = sub.add_parser("unload", help="remove the kill switch and OPEN the network (needs --force)")
     un.add_argument("--force", action="store_true", help="yes, open this machine's network")
     un.set_defaults(func=cmd_unload)
