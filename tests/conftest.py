@@ -86,7 +86,9 @@ class Netns:
         return self.sh(tool).stdout
 
     def delete(self):
-        subprocess.run(["ip", "netns", "delete", self.name], check=False)
+        if self.name:
+            subprocess.run(["ip", "netns", "delete", self.name], check=False)
+            self.name = None
 
 
 @pytest.fixture
