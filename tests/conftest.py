@@ -108,3 +108,16 @@ def netns():
 def rules_of(save_text: str) -> list:
     """The -A lines and chain declarations of an iptables-save text, without comments."""
     return [line for line in save_text.splitlines() if line.startswith(("-A", ":", "*"))]
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The leak matrix as a table: case, backend, frames leaked with / without, verdict."""
+    rows = getattr(sys.modules.get("test_e2e"), "ROWS", None)
+    if not rows:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write(f"{'case':36} {'backend':8} {'leaked with':>12} {'without':>8}  verdict")
+    for case, backend, with_fw, without, verdict in rows:
+        shown_without = "-" if case.startswith("1 ") and without == 0 else str(without)
+        write(f"{case:36} {backend:8} {with_fw:>12} {shown_without:>8}  {verdict}")

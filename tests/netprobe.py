@@ -4,6 +4,12 @@
                                          so that replies come from the address asked)
     netprobe.py tcp ADDR PORT [DEVICE]   prints ok, refused, timeout or error:NAME
     netprobe.py udp ADDR PORT [DEVICE]   prints ok (an echo came back), refused, timeout or error:NAME
+    netprobe.py http ADDR PORT [DEVICE]  prints the body of a GET (the address the server saw)
+    netprobe.py dns SERVER               prints ok when an answer comes back
+    netprobe.py flood ADDR PORT COUNT SECONDS   UDP sends, bounded by count and time
+    netprobe.py stream ADDR PORT SECONDS        a TCP connection that keeps sending
+    netprobe.py raw ADDR                 one UDP datagram from a raw socket
+    netprobe.py udpfrom SPORT ADDR PORT  one UDP datagram from a given source port
 """
 
 import errno
@@ -66,7 +72,103 @@ def probe(kind, addr, port, device=None):
         s.close()
 
 
+def http(addr, port, device=None):
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    if device:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+    try:
+        s.connect((addr, port))
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\r\n\r\n", 1)[-1].decode().strip()
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return "error:" + errno.errorcode.get(e.errno, str(e.errno))
+    finally:
+        s.close()
+
+
+def dns(server):
+    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03net\x00\x00\x01\x00\x01"
+    s = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(TIMEOUT)
+    try:
+        s.connect((server, 53))
+        s.send(query)
+        return "ok" if s.recv(512)[:2] == b"\x12\x34" else "bad answer"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return "error:" + errno.errorcode.get(e.errno, str(e.errno))
+
+
+def flood(addr, port, count, seconds):
+    import time
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    deadline, sent = time.time() + seconds, 0
+    while sent < count and time.time() < deadline:
+        try:
+            s.sendto(b"flood", (addr, port))
+        except OSError:
+            pass
+        sent += 1
+        time.sleep(0.002)
+    return f"sent {sent}"
+
+
+def stream(addr, port, seconds):
+    import time
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    s.connect((addr, port))
+    print("connected", flush=True)
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            s.send(b"x" * 100)
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return "done"
+
+
+def udpfrom(sport, addr, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", sport))
+    try:
+        s.sendto(b"hello", (addr, port))
+        return "sent"
+    except OSError as e:
+        return "error:" + errno.errorcode.get(e.errno, str(e.errno))
+
+
+def raw(addr):
+    import struct
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    payload = b"raw"
+    header = struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0)
+    try:
+        s.sendto(header + payload, (addr, 0))
+        return "sent"
+    except OSError as e:
+        return "error:" + errno.errorcode.get(e.errno, str(e.errno))
+
+
 if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    commands = {"http": http, "dns": dns, "flood": flood, "stream": stream, "raw": raw, "udpfrom": udpfrom}
+    if cmd in commands:
+        print(commands[cmd](*[int(a) if a.isdigit() else a for a in args]))
+        sys.exit(0)
     if sys.argv[1] == "serve":
         serve([int(p) for p in sys.argv[2:] if p.isdigit()], [a for a in sys.argv[2:] if not a.isdigit()])
     else:
