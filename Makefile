@@ -7,13 +7,14 @@ BUILD    := build
 DEB      := $(PACKAGE)_$(VERSION)_all.deb
 
 BUILD_DEPS := debhelper dh-python python3 python3-docutils dpkg-dev fakeroot lintian
-TEST_DEPS  := $(BUILD_DEPS) iptables iproute2 ferm python3-pytest python3-hypothesis python3-pyflakes \
-              tcpdump openvpn openssl curl mmdebstrap systemd-container bash-completion
+DEMO_DEPS  := python3 iptables iproute2 openvpn openssl tcpdump util-linux
+TEST_DEPS  := $(BUILD_DEPS) $(DEMO_DEPS) ferm python3-pytest python3-hypothesis python3-pyflakes \
+              mmdebstrap systemd-container dnsmasq-base busybox
 
 LIB_FILES := usr/lib/vpn-firewall/vpn-firewall $(wildcard usr/lib/vpn-firewall/vpnfw/*.py)
 MANPAGES  := $(BUILD)/man/vpn-firewall.8 $(BUILD)/man/vpn-firewall.conf.5
 
-.PHONY: all man install deb deb-deps test-deps test test-unit lint demo clean
+.PHONY: all man install deb deb-deps test-deps demo-deps test test-unit lint demo clean
 
 all: man
 
@@ -46,6 +47,9 @@ deb-deps:
 test-deps:
 	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(TEST_DEPS)"
 
+demo-deps:
+	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(DEMO_DEPS)"
+
 # Builds in a copy of the tree so nothing is written outside build/; then the versioned
 # .deb and a plain vpn-firewall.deb copy land here, for 'apt install ./vpn-firewall.deb'.
 deb: deb-deps
@@ -70,7 +74,8 @@ test: test-deps deb
 	$(PYTHON) -m pyflakes usr/lib/vpn-firewall/vpnfw usr/lib/vpn-firewall/vpn-firewall tests
 	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider tests
 
-demo: test-deps
+# The main job, shown safely: a real OpenVPN in network namespaces, the VPN client killed.
+demo: demo-deps
 	$(PYTHON) tests/demo.py
 
 clean:

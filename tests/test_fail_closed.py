@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from conftest import LIBDIR, LOADER, needs_root, rules_of, run_loader, write_config
 

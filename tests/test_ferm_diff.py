@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from conftest import needs_root, rules_of
-from vpnfw.compiler import Compiler, Variables
+from vpnfw.compiler import Compiler
 from vpnfw.config import read_config
 from vpnfw.model import our_chain
 from vpnfw.render import rule_line

@@ -130,7 +130,7 @@ def killed_loader(bed):
     _flooder(bed, seconds=60)
     if bed.firewall:
         for _ in range(20):
-            proc = bed.spawn("loader", bed.client, [sys.executable, T.LOADER, "--config-dir", bed.confdir, "start"],
+            bed.spawn("loader", bed.client, [sys.executable, T.LOADER, "--config-dir", bed.confdir, "start"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0, 0.2))
             bed.stop("loader", signal.SIGKILL)

@@ -274,11 +274,16 @@ verb 1
             sh(["ip", "netns", "delete", ns], check=False)
 
     # -- the verdict ----------------------------------------------------------------
-    def leaks(self, allow=lambda frame: False, vpn_flow=None):
-        """Frames the client sent that are neither ARP nor the VPN flow nor allowed."""
+    def frames_so_far(self):
+        time.sleep(0.2)  # let the capture flush
+        return len(read_pcap(self.pcap))
+
+    def leaks(self, allow=lambda frame: False, vpn_flow=None, since=0):
+        """Frames the client sent (after the first `since`) that are neither ARP nor the VPN
+        flow nor allowed."""
         vpn_flow = vpn_flow or Frame.is_vpn_flow
         time.sleep(0.2)  # let the capture flush
-        return [f for f in read_pcap(self.pcap) if not (f.arp or vpn_flow(f) or allow(f))]
+        return [f for f in read_pcap(self.pcap)[since:] if not (f.arp or vpn_flow(f) or allow(f))]
 
 
 class Frame:

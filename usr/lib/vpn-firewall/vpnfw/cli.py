@@ -15,7 +15,8 @@ EPILOG = """\
 exit status:
   0  done: the rules are loaded and verified (check: the config is valid;
      status: loaded and the same as the config compiles to)
-  1  refused (unload without --force); status: loaded, but not the config's rules
+  1  refused (unload without --force); status: loaded, but not the config's rules;
+     leak-test: something can leave outside the tunnel
   2  usage error
   3  the config is invalid (check, show); status: nothing of ours is loaded
   4  start/reload failed: the rules loaded before stay in force
@@ -163,6 +164,18 @@ def cmd_ensure_closed(args) -> int:
     return worst
 
 
+def cmd_leak_test(args) -> int:
+    from .leaktest import leak_test
+    from .load import families
+
+    try:
+        patterns = list(compile_config(args.config_dir, quiet=True).settings.vpn_interfaces)
+    except ConfigError as e:
+        say("warning", f"{e}; assuming the default VPN interfaces")
+        patterns = ["tun+", "wg+"]
+    return leak_test(patterns, families())
+
+
 def cmd_unload(args) -> int:
     from . import load
 
@@ -202,6 +215,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="what is loaded, whether it matches the config, what was blocked").set_defaults(func=cmd_status)
     sub.add_parser("ensure-closed", help="load the lockdown where nothing of ours is loaded (the unit's "
                    "ExecStopPost after a failed start); never opens").set_defaults(func=cmd_ensure_closed)
+    sub.add_parser("leak-test", help="try to send outside the tunnel on every interface; exit 0 only if "
+                   "nothing can leave").set_defaults(func=cmd_leak_test)
     un = sub.add_parser("unload", help="remove the kill switch and OPEN the network (needs --force)")
     un.add_argument("--force", action="store_true", help="yes, open this machine's network")
     un.set_defaults(func=cmd_unload)

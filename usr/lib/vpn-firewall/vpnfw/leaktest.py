@@ -1,0 +1,125 @@
+"""`vpn-firewall leak-test`: ask the kernel, not the rules' text, whether anything can leave.
+
+For every interface that is neither loopback nor a VPN interface it sends, bound to that
+interface, a TCP connect and a UDP datagram of each family to documentation addresses
+that are never routed on the internet (192.0.2.1, 2001:db8::1); then the same routed
+normally. A send the kernel refuses at once (EPERM, or a local RST) was blocked; one with
+no route never left; one that was handed to the network left.
+"""
+
+import errno
+import os
+import select
+import socket
+import subprocess
+import time
+
+TARGETS = {"ip": "192.0.2.1", "ip6": "2001:db8::1"}
+PORT = 9  # discard
+BLOCKED, NO_ROUTE, LEFT = "blocked", "no route", "LEFT"
+NO_ROUTE_ERRORS = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENODEV, errno.EAFNOSUPPORT)
+LOCAL_REJECT_SECONDS = 0.05  # a refusal this fast came from this machine's own rules
+
+
+def interfaces() -> list:
+    sys_net = os.path.join(os.environ.get("VPN_FIREWALL_SYS", "/sys"), "class", "net")
+    try:
+        return sorted(os.listdir(sys_net))
+    except OSError:
+        return []
+
+
+def is_vpn(name: str, patterns) -> bool:
+    return any(name.startswith(p[:-1]) if p.endswith("+") else name == p for p in patterns)
+
+
+def _socket(family: str, kind, device):
+    s = socket.socket(socket.AF_INET6 if family == "ip6" else socket.AF_INET, kind)
+    if device:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+    return s
+
+
+def try_tcp(family: str, device=None) -> str:
+    try:
+        s = _socket(family, socket.SOCK_STREAM, device)
+    except OSError:
+        return NO_ROUTE
+    s.setblocking(False)
+    try:
+        code = s.connect_ex((TARGETS[family], PORT))
+        if code == errno.EPERM:
+            return BLOCKED
+        if code in NO_ROUTE_ERRORS:
+            return NO_ROUTE
+        if code not in (0, errno.EINPROGRESS):
+            return f"{LEFT} ({errno.errorcode.get(code, code)})"
+        start = time.monotonic()
+        select.select([], [s], [], 1.0)
+        code = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code in (errno.ECONNREFUSED, errno.EPERM) and time.monotonic() - start < LOCAL_REJECT_SECONDS:
+            return BLOCKED
+        return LEFT
+    finally:
+        s.close()
+
+
+def try_udp(family: str, device=None) -> str:
+    try:
+        s = _socket(family, socket.SOCK_DGRAM, device)
+    except OSError:
+        return NO_ROUTE
+    try:
+        s.sendto(b"vpn-firewall leak-test", (TARGETS[family], PORT))
+        return LEFT
+    except OSError as e:
+        if e.errno == errno.EPERM:
+            return BLOCKED
+        return NO_ROUTE if e.errno in NO_ROUTE_ERRORS else f"{LEFT} ({errno.errorcode.get(e.errno, e.errno)})"
+    finally:
+        s.close()
+
+
+def route_device(family: str) -> str:
+    out = subprocess.run(["ip", "-6" if family == "ip6" else "-4", "-o", "route", "get", TARGETS[family]],
+                         capture_output=True, text=True)
+    words = out.stdout.split()
+    return words[words.index("dev") + 1] if "dev" in words else ""
+
+
+def leak_test(patterns, families) -> int:
+    """Print the findings; 0 only if nothing can leave outside the tunnel."""
+    rows, leaks = [], 0
+    physical = [n for n in interfaces() if n != "lo" and not is_vpn(n, patterns)]
+    for name in physical:
+        for family in families:
+            tcp, udp = try_tcp(family, name), try_udp(family, name)
+            leaks += (tcp.startswith(LEFT)) + (udp.startswith(LEFT))
+            rows.append((name, family, "bound to it", tcp, udp))
+    for family in families:
+        device = route_device(family)
+        tcp, udp = try_tcp(family), try_udp(family)
+        through_tunnel = is_vpn(device, patterns)
+        if not through_tunnel:
+            leaks += (tcp.startswith(LEFT)) + (udp.startswith(LEFT))
+        rows.append(("(routed)", family, f"via {device or 'no route'}" + (" (tunnel)" if through_tunnel else ""),
+                     tcp, udp))
+    print(f"{'interface':12} {'family':6} {'socket':24} {'tcp':10} udp")
+    for name, family, how, tcp, udp in rows:
+        print(f"{name:12} {family:6} {how:24} {tcp:10} {udp}")
+    vpn = [n for n in interfaces() if is_vpn(n, patterns)]
+    print(f"vpn interfaces ({' '.join(patterns)}): {', '.join(_state(n) for n in vpn) or 'none present'}")
+    if leaks:
+        print(f"RESULT: {leaks} probe(s) LEFT outside the tunnel: this machine is NOT protected")
+        return 1
+    print("RESULT: nothing can leave outside the tunnel")
+    return 0
+
+
+def _state(name: str) -> str:
+    path = os.path.join(os.environ.get("VPN_FIREWALL_SYS", "/sys"), "class", "net", name, "operstate")
+    try:
+        with open(path) as f:
+            return f"{name} ({f.read().strip()})"
+    except OSError:
+        return name
