@@ -100,8 +100,8 @@ class Testbed:
         self.pcap = os.path.join(self.workdir, "client.pcap")
 
     # -- running things -------------------------------------------------------------
-    def in_ns(self, ns, argv, check=True, timeout=30):
-        return sh(["ip", "netns", "exec", ns, *argv], check=check, env=self.env, timeout=timeout)
+    def in_ns(self, ns, argv, check=True, timeout=30, stdin=None):
+        return sh(["ip", "netns", "exec", ns, *argv], check=check, env=self.env, timeout=timeout, input=stdin)
 
     def spawn(self, name, ns, argv, **kw):
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], env=self.env, **kw)
@@ -124,9 +124,13 @@ class Testbed:
 
     def probe(self, *args, user=None, ns=None):
         argv = [sys.executable, PROBE, *[str(a) for a in args]]
-        if user:
-            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
-        return self.in_ns(ns or self.client, argv, check=False).stdout.strip()
+        stdin = None
+        if user:  # the script comes on stdin: the checkout may not be readable by that user
+            with open(PROBE) as f:
+                stdin = f.read()
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
+                    sys.executable, "-", *[str(a) for a in args]]
+        return self.in_ns(ns or self.client, argv, check=False, stdin=stdin).stdout.strip()
 
     # -- building it ----------------------------------------------------------------
     def write_config(self, text):

@@ -19,7 +19,11 @@ OUTCOME_EXIT = {"loaded": OK, "kept": KEPT, "lockdown": LOCKDOWN, "open": OPEN}
 
 def verify(family: str, rules) -> list:
     """Differences between what the kernel holds and `rules`; empty when they agree."""
-    dump = kernel.save(family)
+    return differences(kernel.save(family), rules)
+
+
+def differences(dump, rules) -> list:
+    """Differences between an iptables-save dump and `rules`: policies, jumps, our chains."""
     state = kernel.table_states(dump)
     problems = []
     for table in tables_used(rules, state):

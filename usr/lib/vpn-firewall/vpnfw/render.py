@@ -20,6 +20,9 @@ class TableState(NamedTuple):
     chains: frozenset  # our chains that exist
 
 
+NOTHING = TableState({}, frozenset())
+
+
 def quote(text: str) -> str:
     # The rule of xtables_save_string; our values never hold quotes or backslashes.
     return text if _NO_QUOTES.match(text) else f'"{text}"'
@@ -52,7 +55,7 @@ def jump_line(builtin: str) -> str:
 def tables_used(rules, state: dict) -> list:
     """filter always; nat when rules use it or our chains from an earlier load are there."""
     tables = ["filter"]
-    if any(r.table == "nat" for r in rules) or state.get("nat", TableState({}, frozenset())).chains:
+    if any(r.table == "nat" for r in rules) or state.get("nat", NOTHING).chains:
         tables.append("nat")
     return tables
 
@@ -61,7 +64,7 @@ def chains_of(table: str, rules, state: dict) -> list:
     """The built-ins of a table that get a chain of ours: all in filter, used ones in nat."""
     if table == "filter":
         return list(BUILTIN_CHAINS["filter"])
-    existing = state.get(table, TableState({}, frozenset())).chains
+    existing = state.get(table, NOTHING).chains
     return [c for c in BUILTIN_CHAINS[table]
             if our_chain(c) in existing or any(r.table == table and r.chain == c for r in rules)]
 
@@ -79,7 +82,7 @@ def render_load(rules, state: dict) -> str:
     """The restore input that makes the kernel hold exactly `rules` in our chains."""
     lines = []
     for table in tables_used(rules, state):
-        ts = state.get(table, TableState({}, frozenset()))
+        ts = state.get(table, NOTHING)
         builtins = chains_of(table, rules, state)
         lines.append(f"*{table}")
         if table == "filter":

@@ -44,10 +44,9 @@ def blocked_counts(dump) -> dict:
 
 
 def status(config_dir: str, compile_ruleset, say) -> int:
-    from .render import expected_lines
-
-    print(f"backend: iptables-{kernel.backend()}")
-    others = kernel.other_backend_rules(kernel.backend())
+    backend = kernel.backend()
+    print(f"backend: iptables-{backend}")
+    others = kernel.other_backend_rules(backend)
     if others:
         say("warning", f"the other iptables backend holds rules too ({', '.join(others)}): both apply to every packet")
     try:
@@ -73,7 +72,7 @@ def status(config_dir: str, compile_ruleset, say) -> int:
         elif ruleset is None:
             state = "loaded; the config on disk is invalid, so the rules in force are an older config's"
             code = max(code, DIFFERENT)
-        elif _matches(dump, ruleset[family], expected_lines):
+        elif not load.differences(dump, ruleset[family]):
             state = "loaded, the same as the config compiles to"
         else:
             state = "loaded, but the config on disk has changed since: run 'vpn-firewall reload'"
@@ -88,13 +87,4 @@ def status(config_dir: str, compile_ruleset, say) -> int:
     shown = ", ".join(f"{n} ({s})" for n, s in present) or "none present"
     print(f"vpn interfaces ({' '.join(patterns)}): {shown}")
     return code
-
-
-def _matches(dump, rules, expected_lines) -> bool:
-    for table in {r.table for r in rules}:
-        kernel_rules = dump.tables.get(table, ({}, {}))[1]
-        for chain, lines in expected_lines(rules, table).items():
-            if kernel_rules.get(chain, []) != lines:
-                return False
-    return True
 

@@ -5,9 +5,9 @@ can never carry text of its own into the iptables-restore input (no spaces, quot
 newlines or option-like words).
 """
 
-import ipaddress
 import os
 import re
+import socket
 from typing import NamedTuple, Optional
 
 from .errors import ConfigError
@@ -71,15 +71,26 @@ def family_of(net: str) -> str:
 
 
 def address(atom) -> tuple:
-    """An address or network: (family, canonical 'addr/len')."""
+    """An address or network: (family, canonical 'addr/len'), host bits cleared.
+
+    inet_pton/inet_ntop: strict parsing, and the very spelling iptables-save prints."""
     text = atom.text
+    addr, slash, length = text.partition("/")
+    family, af, bits = (IP6, socket.AF_INET6, 128) if ":" in addr else (IP, socket.AF_INET, 32)
     try:
-        net = ipaddress.ip_network(text, strict=False)
-    except ValueError:
+        packed = socket.inet_pton(af, addr)
+    except OSError:
         raise ConfigError(atom.pos, f"expected an address, got {text!r}") from None
-    if "/" in text and not text.split("/", 1)[1].isdigit():
-        raise ConfigError(atom.pos, f"expected an address, got {text!r}: the prefix length must be a number")
-    return (IP6 if net.version == 6 else IP), str(net)
+    if slash:
+        if not length.isdigit() or int(length) > bits:
+            raise ConfigError(atom.pos, f"expected an address, got {text!r}: the prefix length must be 0 to {bits}")
+        prefix = int(length)
+        if prefix < bits:
+            value = int.from_bytes(packed, "big") & ~((1 << (bits - prefix)) - 1)
+            packed = value.to_bytes(bits // 8, "big")
+    else:
+        prefix = bits
+    return family, f"{socket.inet_ntop(af, packed)}/{prefix}"
 
 
 def endpoint(atom) -> Endpoint:
