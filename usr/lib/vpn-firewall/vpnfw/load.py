@@ -1,6 +1,6 @@
-"""Loading a ruleset so that the machine is never open: test, restore, verify, lockdown.
+"""Loading a ruleset so that the machine is never open: restore, verify, lockdown.
 
-Per family: when the new ruleset cannot be compiled, tested, loaded or verified, the
+Per family: when the new ruleset cannot be compiled, loaded or verified, the
 rules of ours already in the kernel stay (iptables-restore is one transaction: a
 failed restore changes nothing); when there are none, or what the kernel holds is not
 what we meant, the lockdown ruleset is loaded, and if even that fails the built-in
@@ -58,14 +58,13 @@ def _load_verified(family: str, rules, state: dict) -> None:
         raise VerifyError("the kernel's rules are not what was loaded: " + "; ".join(problems))
 
 
-def lockdown(family: str, say, level: str = "error") -> str:
+def lockdown(family: str, say) -> str:
     """Close the family whatever it takes; returns 'lockdown' or 'open'."""
     rules = policy.lockdown()[family]
     try:
         state = kernel.table_states(kernel.save(family))
         _load_verified(family, rules, state)
-        say(level, f"{family}: nothing of ours was loaded: lockdown in place while the config is compiled"
-            if level == "info" else f"{family}: LOCKDOWN loaded: everything but loopback is dropped")
+        say("error", f"{family}: LOCKDOWN loaded: everything but loopback is dropped")
         return "lockdown"
     except LoadError as e:
         say("error", f"{family}: could not load the lockdown ruleset: {e}")
@@ -95,23 +94,17 @@ def _read_state(family: str, say):
 def apply(compile_ruleset, say) -> int:
     """Load what compile_ruleset() returns (family -> rules), failing closed at every step.
 
-    When nothing of ours is loaded yet (boot), the lockdown goes in first, before any
-    config is read, so that a loader killed or crashing part way leaves a closed machine.
+    A loader killed part way leaves either the old rules (a restore is one transaction)
+    or, at boot, nothing yet: the unit's ExecStopPost (ensure-closed) closes that case.
     """
     fams = families()
     if "ip6" not in fams:
         say("notice", "ip6: the kernel has no IPv6 (no /proc/net/if_inet6): IPv6 rules skipped")
-    states, fallback = {}, {}
+    states, loaded = {}, {}
     for family in fams:
-        states[family], loaded = _read_state(family, say)
-        fallback[family] = "kept" if loaded else lockdown(family, say, "info")
-        if not loaded:
-            states[family], _ = _read_state(family, say)
-    problem = None
+        states[family], loaded[family] = _read_state(family, say)
     try:
-        ruleset = compile_ruleset()
-        for family in fams:  # both families must pass before either is touched
-            kernel.restore(family, render_load(ruleset[family], states[family]), test=True)
+        ruleset, problem = compile_ruleset(), None
     except (ConfigError, LoadError) as e:
         problem = str(e)
     except Exception as e:  # a bug must not leave the machine open either
@@ -120,25 +113,26 @@ def apply(compile_ruleset, say) -> int:
     if problem is not None:
         say("error", problem)
         for family in fams:
-            outcomes[family] = _keep(family, fallback[family], say)
-    else:
-        for family in fams:
-            try:
-                _load_verified(family, ruleset[family], states[family])
-                outcomes[family] = "loaded"
-            except VerifyError as e:
-                say("error", f"{family}: {e}")
-                outcomes[family] = lockdown(family, say)
-            except LoadError as e:  # a failed restore changed nothing
-                say("error", f"{family}: {e}")
-                outcomes[family] = _keep(family, fallback[family], say)
+            outcomes[family] = _keep_or_lockdown(family, loaded[family], say)
+        return max(OUTCOME_EXIT[o] for o in outcomes.values())
+    for family in fams:
+        try:
+            _load_verified(family, ruleset[family], states[family])
+            outcomes[family] = "loaded"
+        except VerifyError as e:
+            say("error", f"{family}: {e}")
+            outcomes[family] = lockdown(family, say)
+        except LoadError as e:  # a failed restore changed nothing
+            say("error", f"{family}: {e}")
+            outcomes[family] = _keep_or_lockdown(family, loaded[family], say)
     return max(OUTCOME_EXIT[o] for o in outcomes.values())
 
 
-def _keep(family: str, fallback: str, say) -> str:
-    if fallback == "kept":
+def _keep_or_lockdown(family: str, loaded: bool, say) -> str:
+    if loaded:
         say("error", f"{family}: the rules loaded before stay in force")
-    return fallback
+        return "kept"
+    return lockdown(family, say)
 
 
 def unload(say) -> int:
