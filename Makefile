@@ -10,11 +10,12 @@ BUILD_DEPS := debhelper dh-python python3 python3-docutils dpkg-dev fakeroot lin
 DEMO_DEPS  := python3 iptables iproute2 openvpn openssl tcpdump util-linux
 TEST_DEPS  := $(BUILD_DEPS) $(DEMO_DEPS) ferm python3-pytest python3-hypothesis python3-pyflakes \
               mmdebstrap systemd-container dnsmasq-base busybox
+BENCH_DEPS := $(DEMO_DEPS) ferm iperf3
 
 LIB_FILES := usr/lib/vpn-firewall/vpn-firewall $(wildcard usr/lib/vpn-firewall/vpnfw/*.py)
 MANPAGES  := $(BUILD)/man/vpn-firewall.8 $(BUILD)/man/vpn-firewall.conf.5
 
-.PHONY: all man install deb deb-deps test-deps demo-deps test test-unit lint demo clean
+.PHONY: all man install deb deb-deps test-deps demo-deps bench-deps test test-unit lint demo bench clean
 
 all: man
 
@@ -50,6 +51,9 @@ test-deps:
 demo-deps:
 	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(DEMO_DEPS)"
 
+bench-deps:
+	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(BENCH_DEPS)"
+
 # Builds in a copy of the tree so nothing is written outside build/; then the versioned
 # .deb and a plain vpn-firewall.deb copy land here, for 'apt install ./vpn-firewall.deb'.
 deb: deb-deps
@@ -77,6 +81,10 @@ test: test-deps deb
 # The main job, shown safely: a real OpenVPN in network namespaces, the VPN client killed.
 demo: demo-deps
 	$(PYTHON) tests/demo.py
+
+# Start time and scale against bare iptables-restore and ferm, tunnel throughput (ratios).
+bench: bench-deps
+	$(PYTHON) bench/bench.py
 
 clean:
 	rm -rf $(BUILD) $(PACKAGE)_*_all.deb $(PACKAGE).deb

@@ -1,0 +1,187 @@
+#!/usr/bin/python3
+"""make bench: what vpn-firewall costs on the boot path, against its limit and its peer.
+
+For configs of 1 to 10,000 VPN endpoints (mixed IPv4/IPv6, udp/tcp), measured pair by pair
+in the same run, each load in a network namespace made for it (this machine's firewall is
+never touched), median of several runs:
+  (a) vpn-firewall start, as a whole process
+  (b) compile only: vpn-firewall show
+  (c) the limit: bare iptables-restore + ip6tables-restore of exactly the text (b) printed
+  (d) the peer: ferm compiling an equivalent file (ferm --remote), and ferm loading it
+and the tunnel's throughput (iperf3 through a real OpenVPN) with and without vpn-firewall.
+Prints a table and writes build/bench.json. Ratios are the figures: the machine is shared.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LOADER = os.path.join(ROOT, "usr", "lib", "vpn-firewall", "vpn-firewall")
+HARNESS = os.path.join(HERE, "in_fresh_netns.py")
+SIZES = [1, 100, 1000, 5000, 10000]
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+
+def endpoints(n):
+    """n endpoints from the documentation ranges: even ones IPv4, odd ones IPv6; udp and tcp."""
+    out = []
+    for i in range(n):
+        proto = "udp" if i % 4 < 2 else "tcp"
+        port = 1194 + i % 7
+        if i % 2 == 0:
+            out.append(("ip", f"198.{18 + (i >> 16) % 2}.{(i >> 8) % 256}.{i % 256}", port, proto))
+        else:
+            out.append(("ip6", f"2001:db8::{i:x}", port, proto))
+    return out
+
+
+def write_configs(workdir, n):
+    eps = endpoints(n)
+    confdir = os.path.join(workdir, f"conf-{n}")
+    os.makedirs(confdir)
+    os.chmod(confdir, 0o755)
+    items = [f"{a}:{p}/{proto}" if fam == "ip" else f"[{a}]:{p}/{proto}" for fam, a, p, proto in eps]
+    path = os.path.join(confdir, "30_user.conf")
+    with open(path, "w") as f:
+        f.write("@def $VPN_SERVERS = (\n    " + "\n    ".join(items) + "\n);\n")
+    os.chmod(path, 0o644)
+    # the peer's equivalent: the same endpoint rules, the same policies, in ferm's language
+    ferm = os.path.join(workdir, f"ferm-{n}.conf")
+    with open(ferm, "w") as f:
+        for family in ("ip", "ip6"):
+            f.write(f"domain {family} table filter {{\n  chain (INPUT FORWARD OUTPUT) policy DROP;\n")
+            f.write("  chain INPUT { interface lo ACCEPT; mod conntrack ctstate (RELATED ESTABLISHED) ACCEPT; }\n")
+            f.write("  chain OUTPUT {\n    outerface lo ACCEPT;\n")
+            for fam, a, p, proto in eps:
+                if fam == family:
+                    f.write(f"    daddr {a} proto {proto} dport {p} ACCEPT;\n")
+            f.write("    outerface (tun+ wg+) ACCEPT;\n    proto tcp REJECT reject-with tcp-reset;\n    REJECT;\n  }\n}\n")
+    return confdir, ferm
+
+
+def run(argv, **kw):
+    out = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {out.stderr}")
+    return out.stdout
+
+
+def time_process(argv):
+    start = time.perf_counter()
+    run(argv)
+    return time.perf_counter() - start
+
+
+def in_fresh_netns(*args):
+    return json.loads(run(["unshare", "-n", sys.executable, HARNESS, *args]))
+
+
+def measure(workdir, n):
+    confdir, ferm = write_configs(workdir, n)
+    shown = run([sys.executable, LOADER, "--config-dir", confdir, "show"])
+    parts = shown.split("# ip6: ip6tables-restore --noflush\n")
+    v4, v6 = os.path.join(workdir, f"v4-{n}"), os.path.join(workdir, f"v6-{n}")
+    with open(v4, "w") as f:
+        f.write(parts[0])
+    with open(v6, "w") as f:
+        f.write(parts[1])
+    samples = {k: [] for k in ("a", "b", "c", "d_compile", "d_load")}
+    rss = []
+    for _ in range(RUNS):  # interleaved, so that noise falls on every column alike
+        a = in_fresh_netns("start", LOADER, confdir)
+        samples["a"].append(a["seconds"])
+        rss.append(a["maxrss_kb"])
+        samples["c"].append(in_fresh_netns("restore", v4, v6)["seconds"])
+        samples["b"].append(time_process([sys.executable, LOADER, "--config-dir", confdir, "show"]))
+        samples["d_compile"].append(time_process(["ferm", "--remote", ferm]))
+        samples["d_load"].append(in_fresh_netns("ferm", ferm)["seconds"])
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    med["rules"] = shown.count("\n-A ")
+    med["peak_rss_kb"] = max(rss)
+    return med
+
+
+def fit(xs, ys):
+    """Least squares y = c0 + c1 x + c2 x^2 (normal equations, 3x3)."""
+    s = [sum(x ** k for x in xs) for k in range(5)]
+    t = [sum(y * x ** k for x, y in zip(xs, ys)) for k in range(3)]
+    m = [[s[i + j] for j in range(3)] + [t[i]] for i in range(3)]
+    for i in range(3):
+        p = max(range(i, 3), key=lambda r: abs(m[r][i]))
+        m[i], m[p] = m[p], m[i]
+        for r in range(3):
+            if r != i:
+                f = m[r][i] / m[i][i]
+                m[r] = [a - f * b for a, b in zip(m[r], m[i])]
+    return [m[i][3] / m[i][i] for i in range(3)]
+
+
+def throughput(workdir):
+    """iperf3 through a real OpenVPN tunnel, with and without vpn-firewall: median Mbit/s."""
+    import testbed as T
+    pki = T.PKI(workdir)
+    result = {}
+    for firewall in (False, True):
+        bed = T.Testbed(workdir, pki, firewall=firewall)
+        try:
+            bed.up()
+            bed.spawn("iperf3", bed.inet, ["iperf3", "-s", "-B", T.WEB_V4], stdout=subprocess.DEVNULL)
+            time.sleep(0.5)
+            rates = []
+            for _ in range(3):
+                out = bed.in_ns(bed.client, ["iperf3", "-c", T.WEB_V4, "-t", "3", "-J"], timeout=30)
+                rates.append(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6)
+            result["with" if firewall else "without"] = statistics.median(rates)
+        finally:
+            bed.down()
+    return result
+
+
+def main():
+    if os.geteuid() != 0:
+        sys.exit("make bench needs root: every load happens in a network namespace of its own")
+    workdir = tempfile.mkdtemp(prefix="vpn-firewall-bench-")
+    rows = {}
+    print(f"{'endpoints':>9} {'rules':>6} {'(a) start':>10} {'(c) restore':>12} {'a/c':>5} "
+          f"{'(b) compile':>12} {'(d) ferm -r':>12} {'b/d':>5} {'ferm load':>10} {'peak RSS':>9}")
+    for n in SIZES:
+        m = measure(workdir, n)
+        rows[n] = m
+        print(f"{n:>9} {m['rules']:>6} {m['a'] * 1000:>8.1f}ms {m['c'] * 1000:>10.1f}ms {m['a'] / m['c']:>5.2f} "
+              f"{m['b'] * 1000:>10.1f}ms {m['d_compile'] * 1000:>10.1f}ms {m['b'] / m['d_compile']:>5.2f} "
+              f"{m['d_load'] * 1000:>8.1f}ms {m['peak_rss_kb'] / 1024:>7.1f}MB", flush=True)
+    c0, c1, c2 = fit(SIZES, [rows[n]["a"] for n in SIZES])
+    quad_share = c2 * SIZES[-1] ** 2 / rows[SIZES[-1]]["a"]
+    print(f"\nfit of (a): {c0 * 1000:.1f} ms + {c1 * 1e6:.1f} us/endpoint + {c2 * 1e9:.4f} ns/endpoint^2; "
+          f"the quadratic term is {quad_share:+.1%} of (a) at {SIZES[-1]} endpoints")
+    tp = throughput(workdir)
+    print(f"tunnel throughput: {tp['without']:.0f} Mbit/s without, {tp['with']:.0f} Mbit/s with vpn-firewall: "
+          f"{tp['with'] / tp['without']:.1%}")
+    goals = {
+        "(a)/(c) <= 1.25 at 1 endpoint": rows[1]["a"] / rows[1]["c"] <= 1.25,
+        "(a)/(c) <= 1.25 at 5,000 endpoints": rows[5000]["a"] / rows[5000]["c"] <= 1.25,
+        "(b)/(d) <= 1.0 at 5,000 endpoints": rows[5000]["b"] / rows[5000]["d_compile"] <= 1.0,
+        "10,000 endpoints start in under 1 s": rows[10000]["a"] < 1.0,
+        "throughput with >= 97% of without": tp["with"] / tp["without"] >= 0.97,
+        "cost linear (quadratic term under 10% at 10,000)": abs(quad_share) < 0.10,
+    }
+    print()
+    for goal, met in goals.items():
+        print(f"{'met    ' if met else 'NOT met'}  {goal}")
+    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
+    with open(os.path.join(ROOT, "build", "bench.json"), "w") as f:
+        json.dump({"runs": RUNS, "sizes": rows, "fit_seconds": [c0, c1, c2], "throughput_mbit": tp,
+                   "goals": goals}, f, indent=2)
+    print("\nwritten: build/bench.json")
+    subprocess.run(["rm", "-rf", workdir])
+
+
+if __name__ == "__main__":
+    main()

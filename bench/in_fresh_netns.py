@@ -1,0 +1,42 @@
+"""Run inside a network namespace made for this one measurement (unshare -n):
+time one step and report the peak memory of what it ran, as JSON.
+
+    in_fresh_netns.py start CONFDIR          vpn-firewall start, as a whole process
+    in_fresh_netns.py restore V4FILE V6FILE  bare iptables-restore + ip6tables-restore
+    in_fresh_netns.py ferm FERMFILE          ferm loading an equivalent file
+"""
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def timed(commands):
+    start = time.perf_counter()
+    for argv, stdin_path in commands:
+        stdin = open(stdin_path) if stdin_path else subprocess.DEVNULL
+        out = subprocess.run(argv, stdin=stdin, capture_output=True, text=True)
+        if stdin_path:
+            stdin.close()
+        if out.returncode != 0:
+            sys.exit(f"{' '.join(argv)} failed: {out.stderr}")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    if mode == "start":
+        loader, confdir = sys.argv[2], sys.argv[3]
+        result = timed([([sys.executable, loader, "--config-dir", confdir, "start"], None)])
+    elif mode == "restore":
+        result = timed([(["iptables-restore", "--noflush"], sys.argv[2]),
+                        (["ip6tables-restore", "--noflush"], sys.argv[3])])
+    elif mode == "ferm":
+        result = timed([(["ferm", sys.argv[2]], None)])
+    else:
+        sys.exit(f"unknown mode {mode}")
+    print(json.dumps(result))
