@@ -99,7 +99,7 @@ def measure(workdir, n):
         samples["a"].append(a["seconds"])
         rss.append(a["maxrss_kb"])
         samples["c"].append(in_fresh_netns("restore", v4, v6)["seconds"])
-        samples["b"].append(time_process([sys.executable, LOADER, "--config-dir", confdir, "show"]))
+        samples["b"].append(time_process([LOADER, "--config-dir", confdir, "show"]))
         samples["d_compile"].append(time_process(["ferm", "--remote", ferm]))
         samples["d_load"].append(in_fresh_netns("ferm", ferm)["seconds"])
     med = {k: statistics.median(v) for k, v in samples.items()}

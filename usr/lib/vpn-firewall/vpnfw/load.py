@@ -10,25 +10,26 @@ policies are set to DROP one by one.
 from . import kernel, policy
 from .errors import ConfigError, LoadError, VerifyError
 from .model import BUILTIN_CHAINS, LOCKDOWN_COMMENT, our_chain
-from .render import chains_of, expected_lines, jump_line, render_load, render_unload, tables_used
+from .render import chains_of, expected_lines, jump_line, render_load, render_unload, rendered, tables_used
 
 # Exit codes, worst last; documented in vpn-firewall(8).
 OK, CONFIG_ERROR, KEPT, LOCKDOWN, OPEN = 0, 3, 4, 5, 6
 OUTCOME_EXIT = {"loaded": OK, "kept": KEPT, "lockdown": LOCKDOWN, "open": OPEN}
 
 
-def verify(family: str, rules) -> list:
+def verify(family: str, rules, printed=None) -> list:
     """Differences between what the kernel holds and `rules`; empty when they agree."""
-    return differences(kernel.save(family), rules)
+    return differences(kernel.save(family), rules, printed)
 
 
-def differences(dump, rules) -> list:
+def differences(dump, rules, printed=None) -> list:
     """Differences between an iptables-save dump and `rules`: policies, jumps, our chains."""
     state = kernel.table_states(dump)
+    printed = printed if printed is not None else rendered(rules)
     problems = []
     for table in tables_used(rules, state):
         policies, lines = dump.tables.get(table, ({}, {}))
-        expected = expected_lines(rules, table)
+        expected = expected_lines(printed, table)
         for builtin in chains_of(table, rules, state):
             mine = our_chain(builtin)
             if table == "filter" and policies.get(builtin) != "DROP":
@@ -52,8 +53,9 @@ def differences(dump, rules) -> list:
 
 
 def _load_verified(family: str, rules, state: dict) -> None:
-    kernel.restore(family, render_load(rules, state))
-    problems = verify(family, rules)
+    printed = rendered(rules)
+    kernel.restore(family, render_load(rules, state, printed))
+    problems = verify(family, rules, printed)
     if problems:
         raise VerifyError("the kernel's rules are not what was loaded: " + "; ".join(problems))
 
@@ -100,32 +102,68 @@ def apply(compile_ruleset, say) -> int:
     fams = families()
     if "ip6" not in fams:
         say("notice", "ip6: the kernel has no IPv6 (no /proc/net/if_inet6): IPv6 rules skipped")
-    states, loaded = {}, {}
-    for family in fams:
-        states[family], loaded[family] = _read_state(family, say)
+    # The kernel's state is read while the config compiles: both wait on different things.
+    reading = _in_background(lambda: _each_family(fams, lambda family: _read_state(family, say)))
     try:
         ruleset, problem = compile_ruleset(), None
     except (ConfigError, LoadError) as e:
         problem = str(e)
     except Exception as e:  # a bug must not leave the machine open either
         problem = f"internal error: {e.__class__.__name__}: {e}"
-    outcomes = {}
+    read = reading()
+    states = {f: read[f][0] for f in fams}
+    loaded = {f: read[f][1] for f in fams}
     if problem is not None:
         say("error", problem)
-        for family in fams:
-            outcomes[family] = _keep_or_lockdown(family, loaded[family], say)
+        outcomes = {f: _keep_or_lockdown(f, loaded[f], say) for f in fams}
         return max(OUTCOME_EXIT[o] for o in outcomes.values())
-    for family in fams:
+
+    def load_family(family):
         try:
             _load_verified(family, ruleset[family], states[family])
-            outcomes[family] = "loaded"
+            return "loaded"
         except VerifyError as e:
             say("error", f"{family}: {e}")
-            outcomes[family] = lockdown(family, say)
+            return lockdown(family, say)
         except LoadError as e:  # a failed restore changed nothing
             say("error", f"{family}: {e}")
-            outcomes[family] = _keep_or_lockdown(family, loaded[family], say)
+            return _keep_or_lockdown(family, loaded[family], say)
+
+    outcomes = _each_family(fams, load_family)
     return max(OUTCOME_EXIT[o] for o in outcomes.values())
+
+
+def _in_background(work):
+    """Start work() in a thread; the returned function waits for its result (or raises)."""
+    import threading
+
+    box = []
+    thread = threading.Thread(target=lambda: box.append(_outcome(work)))
+    thread.start()
+
+    def join():
+        thread.join()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+    return join
+
+
+def _outcome(work):
+    try:
+        return work()
+    except BaseException as e:  # handed to whoever waits for it
+        return e
+
+
+def _each_family(fams, work) -> dict:
+    """family -> work(family), the families side by side: they are independent, and the
+    time is spent waiting for iptables-restore and iptables-save."""
+    others = [(f, _in_background(lambda f=f: work(f))) for f in fams[1:]]
+    results = {fams[0]: work(fams[0])}
+    for family, join in others:
+        results[family] = join()
+    return results
 
 
 def _keep_or_lockdown(family: str, loaded: bool, say) -> str:

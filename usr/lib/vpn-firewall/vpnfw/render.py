@@ -69,17 +69,23 @@ def chains_of(table: str, rules, state: dict) -> list:
             if our_chain(c) in existing or any(r.table == table and r.chain == c for r in rules)]
 
 
-def expected_lines(rules, table: str) -> dict:
-    """our chain -> its rule lines, as iptables-save should print them."""
+def rendered(rules) -> list:
+    """(rule, its line) for every rule, printed once for both loading and verifying."""
+    return [(r, rule_line(r)) for r in rules]
+
+
+def expected_lines(lines, table: str) -> dict:
+    """our chain -> its rule lines, as iptables-save should print them; `lines` from rendered()."""
     out = {}
-    for r in rules:
+    for r, line in lines:
         if r.table == table:
-            out.setdefault(our_chain(r.chain), []).append(rule_line(r))
+            out.setdefault(our_chain(r.chain), []).append(line)
     return out
 
 
-def render_load(rules, state: dict) -> str:
+def render_load(rules, state: dict, lines=None) -> str:
     """The restore input that makes the kernel hold exactly `rules` in our chains."""
+    printed = lines if lines is not None else rendered(rules)
     lines = []
     for table in tables_used(rules, state):
         ts = state.get(table, NOTHING)
@@ -91,7 +97,7 @@ def render_load(rules, state: dict) -> str:
         for c in builtins:
             lines += [f"-D {c} -j {our_chain(c)}"] * ts.jumps.get(c, 0)
             lines.append(f"-I {c} 1 -j {our_chain(c)}")
-        lines += [rule_line(r) for r in rules if r.table == table]
+        lines += [line for r, line in printed if r.table == table]
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
