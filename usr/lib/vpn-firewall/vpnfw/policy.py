@@ -31,8 +31,11 @@ def _h(flag, value, negated=False):
     return (negated, flag, value)
 
 
+_PORT_UNREACHABLE = {V.IP: "icmp-port-unreachable", V.IP6: "icmp6-port-unreachable"}
+
+
 def _reject_all(family, chain):
-    default = "icmp-port-unreachable" if family == V.IP else "icmp6-port-unreachable"
+    default = _PORT_UNREACHABLE[family]
     return [
         _rule(family, chain, (_h("-p", "tcp"),), (), "REJECT", (("--reject-with", "tcp-reset"),)),
         _rule(family, chain, (), (), "REJECT", (("--reject-with", default),)),
@@ -84,7 +87,7 @@ def _dns_rules(family, settings):
                 out.append(_rule(family, "OUTPUT", header, match))
     # Any other DNS is refused here, before the LAN allowance could let it out.
     out.append(_rule(family, "OUTPUT", (_h("-p", "udp"),), UDP_DNS, "REJECT",
-                     (("--reject-with", "icmp-port-unreachable" if family == V.IP else "icmp6-port-unreachable"),)))
+                     (("--reject-with", _PORT_UNREACHABLE[family]),)))
     out.append(_rule(family, "OUTPUT", (_h("-p", "tcp"),), TCP_DNS, "REJECT", (("--reject-with", "tcp-reset"),)))
     return out
 
@@ -112,6 +115,8 @@ def output_chain(family, settings, user):
     rules += _endpoint_rules(family, settings)
     rules += _dns_rules(family, settings)
     rules += [_rule(family, "OUTPUT", (_h("-o", iface),)) for iface in settings.vpn_interfaces]
+    # the internal network of gateway mode is trusted like the tunnel: it is not the outside
+    rules += [_rule(family, "OUTPUT", (_h("-o", iface),)) for iface in settings.gateway_interfaces]
     if settings.allow_dhcp:
         client, server = DHCP_OUT[family]
         rules.append(_rule(family, "OUTPUT", (_h("-p", "udp"),), _ports("udp", client, server)))
@@ -138,6 +143,7 @@ def input_chain(family, settings, user):
             rules += _icmp6("INPUT", NDP_IN)
     if settings.allow_incoming_vpn:
         rules += [_rule(family, "INPUT", (_h("-i", iface),)) for iface in settings.vpn_interfaces]
+    rules += [_rule(family, "INPUT", (_h("-i", iface),)) for iface in settings.gateway_interfaces]
     if settings.allow_lan:
         rules += _lan_rules(family, "INPUT", settings)
     if settings.log_blocked:
@@ -147,9 +153,47 @@ def input_chain(family, settings, user):
 
 def forward_chain(family, settings, user):
     rules = list(user)
+    if settings.gateway_interfaces:
+        rules += _gateway_forward(family, settings)
     if settings.log_blocked:
         rules.append(_log(family, "FORWARD", "fwd"))
+    for inside in settings.gateway_interfaces:  # the internal clients fail fast
+        rules += [_rule(family, "FORWARD", (_h("-i", inside),) + r.header, r.matches, r.target, r.target_options)
+                  for r in _reject_all(family, "FORWARD")]
     return rules + [_rule(family, "FORWARD", (), (), "DROP")]
+
+
+def _gateway_forward(family, settings):
+    """Gateway mode: the internal clients reach the world only through the tunnel."""
+    chain = "FORWARD"
+    rules = [_rule(family, chain, (), (("conntrack", ((False, "--ctstate", "INVALID"),)),), "DROP")]
+    servers = None
+    if settings.dns_servers is not None:
+        servers = [net for fam, net in settings.dns_servers if fam == family]
+    for inside in settings.gateway_interfaces:
+        for tunnel in settings.vpn_interfaces:
+            for dst in (servers if servers is not None else [None]):
+                for proto, match in (("udp", UDP_DNS), ("tcp", TCP_DNS)):
+                    header = ((_h("-d", dst),) if dst else ()) + (_h("-i", inside), _h("-o", tunnel), _h("-p", proto))
+                    rules.append(_rule(family, chain, header, match))
+        # the clients' DNS anywhere else is refused, before the tunnel's allowance
+        rules.append(_rule(family, chain, (_h("-i", inside), _h("-p", "udp")), UDP_DNS, "REJECT",
+                           (("--reject-with", _PORT_UNREACHABLE[family]),)))
+        rules.append(_rule(family, chain, (_h("-i", inside), _h("-p", "tcp")), TCP_DNS, "REJECT",
+                           (("--reject-with", "tcp-reset"),)))
+        for tunnel in settings.vpn_interfaces:
+            rules.append(_rule(family, chain, (_h("-i", inside), _h("-o", tunnel))))
+            rules.append(_rule(family, chain, (_h("-i", tunnel), _h("-o", inside)),
+                               (("conntrack", ((False, "--ctstate", "RELATED,ESTABLISHED"),)),)))
+    return rules
+
+
+def _gateway_nat(family, settings):
+    """NAT on the tunnel only, never on a physical interface; IPv4 only (no NAT66)."""
+    if family != V.IP or not settings.gateway_interfaces or not settings.gateway_masquerade:
+        return []
+    return [Rule(family, "nat", "POSTROUTING", (_h("-o", tunnel),), (), "MASQUERADE")
+            for tunnel in settings.vpn_interfaces]
 
 
 def build(settings, user_rules) -> dict:
@@ -166,6 +210,7 @@ def build(settings, user_rules) -> dict:
             + forward_chain(family, settings, by_chain.get("FORWARD", []))
             + output_chain(family, settings, by_chain.get("OUTPUT", []))
             + [r for r in mine if r.table != "filter"]
+            + _gateway_nat(family, settings)
         )
     return ruleset
 

@@ -23,6 +23,8 @@ class Settings(NamedTuple):
     dns_servers: Optional[tuple]  # of (family, net); None: DNS through the tunnel to anyone
     allow_incoming_vpn: bool
     log_blocked: bool
+    gateway_interfaces: tuple  # internal interfaces whose clients are routed through the tunnel
+    gateway_masquerade: bool
 
 
 def _list(name, atoms, parse):
@@ -59,6 +61,8 @@ SCHEMA = {
     "DNS_SERVERS": ("dns_servers", _optional_list, V.address, None),
     "ALLOW_INCOMING_VPN": ("allow_incoming_vpn", _bool, None, False),
     "LOG_BLOCKED": ("log_blocked", _bool, None, True),
+    "GATEWAY_INTERFACES": ("gateway_interfaces", _list, V.interface, ()),
+    "GATEWAY_MASQUERADE": ("gateway_masquerade", _bool, None, True),
 }
 
 
