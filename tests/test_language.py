@@ -281,3 +281,27 @@ def test_invalid_utf8_is_refused(tmp_path):
     (tmp_path / "c" / "30_user.conf").write_bytes(b"# caf\xe9\n")
     with pytest.raises(ConfigError, match=r"30_user.conf:1:1: not valid UTF-8"):
         compile_config(d)
+
+
+def test_gateway_mode_rules(tmp_path):
+    text = ("@def $GATEWAY_INTERFACES = (lan0);\n@def $VPN_INTERFACES = (tun0);\n"
+            "@def $DNS_SERVERS = (10.8.0.1);\n")
+    ruleset = compile_text(tmp_path, text).ruleset
+    v4 = [rule_line(r) for r in ruleset["ip"]]
+    v6 = [rule_line(r) for r in ruleset["ip6"]]
+    dns = "-A VPNFW-FORWARD -d 10.8.0.1/32 -i lan0 -o tun0 -p udp -m udp --dport 53 -j ACCEPT"
+    other_dns = "-A VPNFW-FORWARD -i lan0 -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable"
+    through = "-A VPNFW-FORWARD -i lan0 -o tun0 -j ACCEPT"
+    assert v4.index(dns) < v4.index(other_dns) < v4.index(through)
+    assert "-A VPNFW-FORWARD -i tun0 -o lan0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" in v4
+    assert "-A VPNFW-POSTROUTING -o tun0 -j MASQUERADE" in v4
+    assert not any("MASQUERADE" in line for line in v6), "no NAT66"
+    assert through in v6 and not any("-o eth" in line for line in v4 + v6)
+    # nothing forwarded leaves except through the tunnel
+    forward_accepts = [line for line in v4 + v6 if line.startswith("-A VPNFW-FORWARD") and line.endswith("-j ACCEPT")]
+    assert all("-o tun0" in line or "-o lan0" in line for line in forward_accepts), forward_accepts
+
+
+def test_gateway_masquerade_can_be_off(tmp_path):
+    text = "@def $GATEWAY_INTERFACES = (lan0);\n@def $GATEWAY_MASQUERADE = no;\n"
+    assert not any(r.table == "nat" for r in compile_text(tmp_path, text).ruleset["ip"])

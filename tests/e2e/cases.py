@@ -217,6 +217,34 @@ def vpn_user(bed):
     return obs, expected, NOTHING
 
 
+GATEWAY_CONFIG = T.BASE_CONFIG + "@def $GATEWAY_INTERFACES = (lan0);\n"
+
+
+def gateway(bed):
+    """9a. Gateway mode, VPN up: a machine behind the client reaches the internet through the
+    tunnel (masqueraded), its DNS only to $DNS_SERVERS, its IPv6 not in the clear."""
+    lan = dict(ns=bed.lan)
+    obs = {"v4 via the tunnel": bed.probe("http", T.WEB_V4, 80, **lan),
+           "DNS to the VPN's resolver": bed.probe("dns", T.TUNNEL_DNS, **lan),
+           "DNS to the router": bed.probe("dns", T.ROUTER_V4, **lan),
+           "v6 (no NAT66)": bed.probe("http", T.WEB_V6, 80, **lan)}
+    expected = {"v4 via the tunnel": "10.8.0.2", "DNS to the VPN's resolver": "ok",
+                "DNS to the router": "error:ECONNREFUSED", "v6 (no NAT66)": ("timeout", "error:ECONNREFUSED")}
+    return obs, expected, NOTHING
+
+
+def gateway_killed(bed):
+    """9b. Gateway mode, VPN client SIGKILLed: nothing from the machine behind leaves."""
+    bed.stop("vpn-client", signal.SIGKILL)
+    time.sleep(0.3)
+    lan = dict(ns=bed.lan)
+    obs = {"v4 after the kill": bed.probe("http", T.WEB_V4, 80, **lan),
+           "v6 after the kill": bed.probe("http", T.WEB_V6, 80, **lan),
+           "DNS after the kill": bed.probe("dns", T.DNS_V4, **lan)}
+    blocked = ("error:ECONNREFUSED", "error:EHOSTUNREACH", "error:ENETUNREACH")
+    return obs, {k: blocked for k in obs}, NOTHING
+
+
 # name -> (function, test bed options)
 CASES = {
     "1 VPN up: via the tunnel": (tunnel, {}),
@@ -232,6 +260,8 @@ CASES = {
     "8b LAN allowed": (lan_allowed, {"vpn": False, "config": LAN_CONFIG}),
     "8c DHCP allowed narrowly": (dhcp, {"vpn": False, "config": DHCP_CONFIG, "dhcp": True}),
     "8d VPN_USER": (vpn_user, {"config": USER_CONFIG}),
+    "9a gateway: clients via the tunnel": (gateway, {"config": GATEWAY_CONFIG, "gateway": True}),
+    "9b gateway: VPN client SIGKILLed": (gateway_killed, {"config": GATEWAY_CONFIG, "gateway": True}),
 }
 NO_LEAK_EXPECTED_WITHOUT = {"1 VPN up: via the tunnel"}
 

@@ -60,7 +60,10 @@ def dns(addr):
         end = question.index(b"\x00") + 5
         header = query[:2] + b"\x81\x80" + b"\x00\x01\x00\x01\x00\x00\x00\x00"
         answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton("198.18.0.10")
-        s.sendto(header + question[:end] + answer, peer)
+        try:
+            s.sendto(header + question[:end] + answer, peer)
+        except OSError:  # no route back to that client: its problem, not the server's
+            pass
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ PROBE = os.path.join(os.path.dirname(HERE), "netprobe.py")
 CLIENT_V4, ROUTER_V4 = "198.19.0.1", "198.19.0.254"
 CLIENT_V6, ROUTER_V6 = "2001:db8:100::1", "2001:db8:100::254"
 WEB_V4, WEB_V6, DNS_V4 = "198.18.0.10", "2001:db8:ffff::10", "198.18.0.53"
+LAN_GATEWAY_V4, LAN_CLIENT_V4 = "10.99.0.1", "10.99.0.2"
+LAN_GATEWAY_V6, LAN_CLIENT_V6 = "fd00:99::1", "fd00:99::2"
 VPN_PORT = 1194
 TUNNEL_DNS = "10.8.0.1"
 
@@ -84,14 +86,16 @@ class PKI:
 
 class Testbed:
     def __init__(self, workdir, pki, backend="nft", firewall=True, config=BASE_CONFIG, dhcp=False,
-                 kill_first_start=False):
+                 kill_first_start=False, gateway=False):
         self.workdir = tempfile.mkdtemp(dir=workdir, prefix="bed-")
         self.pki, self.backend, self.firewall, self.config, self.dhcp = pki, backend, firewall, config, dhcp
         self.kill_first_start = kill_first_start
+        self.gateway = gateway
         self.start_code = None
         self.closed_before_link = False
         tag = uuid.uuid4().hex[:6]
         self.inet, self.client = f"vpnfw-inet-{tag}", f"vpnfw-cli-{tag}"
+        self.lan = f"vpnfw-lan-{tag}"  # gateway mode: a machine behind the client
         self.procs = {}
         self.env = dict(os.environ, PATH=backend_bin(workdir, backend) + ":" + os.environ["PATH"],
                         VPN_FIREWALL_LOCK=os.path.join(self.workdir, "lock"))
@@ -177,6 +181,8 @@ class Testbed:
         if not self.dhcp:
             c("ip", "route", "add", "default", "via", ROUTER_V4)
             c("ip", "-6", "route", "add", "default", "via", ROUTER_V6)
+        if self.gateway:
+            self._lan_client()
         if self.dhcp:
             self.spawn("dnsmasq", self.inet, ["dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
                                               "--interface=veth-c", "--bind-interfaces", "-u", "root",
@@ -189,6 +195,25 @@ class Testbed:
             self.start_vpn_server()
             self.start_vpn_client()
         return self
+
+    def _lan_client(self):
+        """A machine on the client's internal interface lan0, routed by the client."""
+        sh(["ip", "netns", "add", self.lan])
+        sh(["ip", "link", "add", "lan0", "netns", self.client, "type", "veth", "peer", "name", "eth0",
+            "netns", self.lan])
+        c = lambda *a: self.in_ns(self.client, list(a))  # noqa: E731
+        c("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        c("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        c("ip", "addr", "add", f"{LAN_GATEWAY_V4}/24", "dev", "lan0")
+        c("ip", "addr", "add", f"{LAN_GATEWAY_V6}/64", "dev", "lan0", "nodad")
+        c("ip", "link", "set", "lan0", "up")
+        m = lambda *a: self.in_ns(self.lan, list(a))  # noqa: E731
+        m("ip", "link", "set", "lo", "up")
+        m("ip", "addr", "add", f"{LAN_CLIENT_V4}/24", "dev", "eth0")
+        m("ip", "addr", "add", f"{LAN_CLIENT_V6}/64", "dev", "eth0", "nodad")
+        m("ip", "link", "set", "eth0", "up")
+        m("ip", "route", "add", "default", "via", LAN_GATEWAY_V4)
+        m("ip", "-6", "route", "add", "default", "via", LAN_GATEWAY_V6)
 
     def _kill_first_start(self):
         """Kill the loader at once, then do what the unit's ExecStopPost does."""
@@ -274,7 +299,7 @@ verb 1
             if name != "tcpdump":
                 self.stop(name, signal.SIGKILL)
         self.stop("tcpdump")
-        for ns in (self.client, self.inet):
+        for ns in (self.client, self.inet) + ((self.lan,) if self.gateway else ()):
             sh(["ip", "netns", "delete", ns], check=False)
 
     # -- the verdict ----------------------------------------------------------------
