@@ -33,7 +33,8 @@ install: man
 	install -m 0644 usr/lib/vpn-firewall/vpnfw/*.py $(DESTDIR)/usr/lib/vpn-firewall/vpnfw/
 	ln -sf ../lib/vpn-firewall/vpn-firewall $(DESTDIR)/usr/sbin/vpn-firewall
 	install -m 0644 etc/vpn-firewall/*.conf $(DESTDIR)/etc/vpn-firewall/
-	install -m 0644 lib/systemd/system/vpn-firewall.service $(DESTDIR)/lib/systemd/system/
+	install -m 0644 lib/systemd/system/vpn-firewall.service lib/systemd/system/vpn-firewall-refresh.service \
+	    lib/systemd/system/vpn-firewall-refresh.timer $(DESTDIR)/lib/systemd/system/
 	install -m 0644 usr/share/bash-completion/completions/vpn-firewall \
 	    $(DESTDIR)/usr/share/bash-completion/completions/
 

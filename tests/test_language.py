@@ -197,7 +197,8 @@ ERRORS = [
     ("@def $VPN_SERVERS = (198.51.100.7:99999/udp);", "1:22: expected a port from 1 to 65535"),
     ("@def $VPN_SERVERS = ([2001:db8::7:1194/udp);", "1:22: expected ']' to close the IPv6 address"),
     ("@def $VPN_SERVERS = ([2001:db8::7]1194);", "1:22: expected ':PORT' after ']'"),
-    ("@def $VPN_SERVERS = (vpn.example.net:1194/udp);", "1:22: expected an address, got 'vpn.example.net'"),
+    ("@def $VPN_SERVERS = (vpn_1.example.net:1194/udp);", "1:22: expected an address, got 'vpn_1.example.net'"),
+    ("@def $VPN_SERVERS = (vpn.example.net:0/udp);", "1:22: expected a port from 1 to 65535"),
     ("@def $VPN_INTERFACES = (tun+ eth0/1);", "1:30: expected an interface name"),
     ("@def $VPN_INTERFACES = (averyveryverylongname);", "1:25: expected an interface name"),
     ("@def $VPN_INTERFACES = ();", "1:1: $VPN_INTERFACES is empty"),
@@ -305,3 +306,22 @@ def test_gateway_mode_rules(tmp_path):
 def test_gateway_masquerade_can_be_off(tmp_path):
     text = "@def $GATEWAY_INTERFACES = (lan0);\n@def $GATEWAY_MASQUERADE = no;\n"
     assert not any(r.table == "nat" for r in compile_text(tmp_path, text).ruleset["ip"])
+
+
+def test_host_name_endpoints_use_the_pinned_addresses(tmp_path, monkeypatch, capsys):
+    import json
+    monkeypatch.setenv("VPN_FIREWALL_STATE_DIR", str(tmp_path / "state"))
+    text = "@def $VPN_SERVERS = (vpn.example.net:1194/udp 198.51.100.7:443/tcp);"
+    compiled = compile_text(tmp_path / "a", text)
+    assert compiled.settings.vpn_servers[0].host == "vpn.example.net"
+    lines = [rule_line(r) for r in compiled.ruleset["ip"]]
+    assert not any("1194" in line for line in lines), "never resolved: nothing may reach it"
+    assert "vpn.example.net in $VPN_SERVERS has never been resolved" in capsys.readouterr().err
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "pinned.json").write_text(json.dumps(
+        {"vpn.example.net": {"addresses": ["198.51.100.9", "2001:db8::9"], "resolved": 1}}))
+    compiled = compile_text(tmp_path / "b", text)
+    assert "-A VPNFW-OUTPUT -d 198.51.100.9/32 -p udp -m udp --dport 1194 -j ACCEPT" in [
+        rule_line(r) for r in compiled.ruleset["ip"]]
+    assert "-A VPNFW-OUTPUT -d 2001:db8::9/128 -p udp -m udp --dport 1194 -j ACCEPT" in [
+        rule_line(r) for r in compiled.ruleset["ip6"]]

@@ -1,7 +1,7 @@
 """The "internet" of the test bed, run in its namespace: a web server that answers with the
 source address it sees (port 80, both families), a TCP sink (port 9000) and a DNS server
-that answers every A query with 198.18.0.10 (on 198.18.0.53, on the router and on the
-VPN server's tunnel address)."""
+that answers every A query with 198.18.0.10, but vpn.example.net with the VPN server's
+address (on 198.18.0.53, on the router and on the VPN server's tunnel address)."""
 
 import socket
 import struct
@@ -59,7 +59,11 @@ def dns(addr):
         question = query[12:]
         end = question.index(b"\x00") + 5
         header = query[:2] + b"\x81\x80" + b"\x00\x01\x00\x01\x00\x00\x00\x00"
-        answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton("198.18.0.10")
+        qname, qtype = question[:end - 4], struct.unpack("!H", question[end - 4:end - 2])[0]
+        address = "198.19.0.254" if qname == b"\x03vpn\x07example\x03net\x00" else "198.18.0.10"
+        answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(address)
+        if qtype != 1:  # only A records here: an empty answer
+            header, answer = header[:6] + b"\x00\x00" + header[8:], b""
         try:
             s.sendto(header + question[:end] + answer, peer)
         except OSError:  # no route back to that client: its problem, not the server's

@@ -46,15 +46,18 @@ def compile_config(config_dir: str, quiet: bool = False) -> "Compiled":
     from .settings import read_settings, unused_warnings
     from .values import Services, services_path
 
+    from .pinned import pin
+
     config = read_config(config_dir)
     settings = read_settings(config.variables)
+    pinned = pin(settings, say if not quiet else (lambda level, message: None))
     user_rules = Compiler(config.variables, Services(services_path())).compile(config.statements)
     for warning in [] if quiet else unused_warnings(config.variables):
         sys.stderr.write(warning + "\n")
     if not settings.vpn_servers and not quiet:
         say("notice", "$VPN_SERVERS is empty: nothing but LAN/DHCP can leave outside the tunnel, "
                       "so no VPN client can connect; set it in " + os.path.join(config_dir, "30_user.conf"))
-    return Compiled(policy.build(settings, user_rules), settings)
+    return Compiled(policy.build(pinned, user_rules), settings)
 
 
 def _lock():
@@ -83,6 +86,26 @@ def cmd_start(args) -> int:
     if code == load.OK:
         say("info", f"rules loaded and verified ({', '.join(load.families())})")
     return code
+
+
+def cmd_refresh(args) -> int:
+    """Resolve and pin the host names in $VPN_SERVERS, then load the rules with them."""
+    from . import load
+    from .pinned import refresh
+
+    try:
+        settings = compile_config(args.config_dir, quiet=True).settings
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 3
+    lock = _lock()
+    try:
+        resolved = refresh(settings, say)
+        code = load.apply(lambda: compile_config(args.config_dir).ruleset, say)
+    finally:
+        if lock:
+            lock.close()
+    return code or resolved
 
 
 def cmd_check(args) -> int:
@@ -208,6 +231,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("start", help="compile the config and load it (at boot: lockdown first)").set_defaults(func=cmd_start)
     sub.add_parser("reload", help="the same as start: the old rules stay if the new config fails").set_defaults(func=cmd_start)
+    sub.add_parser("refresh", help="resolve the host names in $VPN_SERVERS (DNS opened narrowly for it), "
+                   "pin their addresses, reload").set_defaults(func=cmd_refresh)
     sub.add_parser("check", help="validate the config and the ruleset; the kernel is not touched").set_defaults(func=cmd_check)
     sub.add_parser("show", help="print the iptables-restore input of both families (dry run)").set_defaults(func=cmd_show)
     sub.add_parser("is-configured", help="exit 0 if the config is valid and names a VPN server, else 1"

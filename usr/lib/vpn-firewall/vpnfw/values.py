@@ -58,12 +58,19 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_.-]*\$?$")
 
 
 class Endpoint(NamedTuple):
-    """A VPN server: an address or network, optionally one port and protocol."""
+    """A VPN server: an address or network, optionally one port and protocol; or a host
+    name, which stands for the addresses `vpn-firewall refresh` pinned for it."""
 
-    family: str
-    net: str  # canonical, with prefix length
+    family: Optional[str]
+    net: Optional[str]  # canonical, with prefix length
     port: Optional[str]
     proto: Optional[str]
+    host: Optional[str] = None
+
+
+# RFC 1123 names; the last label must hold a letter, so that '198.51.100.' is no name.
+_HOST = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                   r"[A-Za-z0-9-]*[A-Za-z][A-Za-z0-9-]*$")
 
 
 def family_of(net: str) -> str:
@@ -116,9 +123,11 @@ def endpoint(atom) -> Endpoint:
         addr_text, port = rest.split(":")
     else:
         addr_text = rest
-    fam, net = address(atom._replace(text=addr_text))
     if port is not None:
         port = _number_port(atom, port, text)
+    if _HOST.match(addr_text) and not addr_text.endswith("-"):
+        return Endpoint(None, None, port, proto, addr_text.lower())
+    fam, net = address(atom._replace(text=addr_text))
     return Endpoint(fam, net, port, proto)
 
 

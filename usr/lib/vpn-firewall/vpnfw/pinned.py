@@ -1,0 +1,131 @@
+"""Host names in $VPN_SERVERS, pinned: never resolved on the boot path.
+
+`vpn-firewall refresh` resolves them, asking only $DNS_SERVERS (or, if unset, the
+resolvers in /etc/resolv.conf), with a narrow allowance for exactly that in force for the
+moment it takes, and writes the addresses to /var/lib/vpn-firewall/pinned.json; `start`
+uses the addresses pinned last.
+"""
+
+import json
+import os
+import time
+
+from . import kernel, values as V
+from .errors import LoadError
+
+ALLOWANCE_COMMENT = "vpn-firewall refresh"
+
+
+def state_file() -> str:
+    return os.path.join(os.environ.get("VPN_FIREWALL_STATE_DIR", "/var/lib/vpn-firewall"), "pinned.json")
+
+
+def read_pins() -> dict:
+    """name -> {"addresses": [...], "resolved": unix time}; empty when never refreshed."""
+    try:
+        with open(state_file()) as f:
+            pins = json.load(f)
+        return pins if isinstance(pins, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def pin(settings, say):
+    """Settings whose host-name endpoints are replaced by the addresses pinned for them."""
+    if not any(ep.host for ep in settings.vpn_servers):
+        return settings
+    pins = read_pins()
+    endpoints = []
+    for ep in settings.vpn_servers:
+        if ep.host is None:
+            endpoints.append(ep)
+            continue
+        addresses = pins.get(ep.host, {}).get("addresses", [])
+        if not addresses:
+            say("warning", f"{ep.host} in $VPN_SERVERS has never been resolved, so nothing may reach it: "
+                           "run 'vpn-firewall refresh'")
+        for addr in addresses:
+            family = V.IP6 if ":" in addr else V.IP
+            endpoints.append(ep._replace(family=family, net=f"{addr}/{128 if family == V.IP6 else 32}"))
+    return settings._replace(vpn_servers=tuple(endpoints))
+
+
+def resolvers(settings) -> list:
+    if settings.dns_servers:
+        return [net.split("/")[0] for _, net in settings.dns_servers]
+    path = os.environ.get("VPN_FIREWALL_RESOLV_CONF", "/etc/resolv.conf")
+    found = []
+    try:
+        with open(path) as f:
+            for line in f:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    found.append(words[1].split("%")[0])
+    except OSError:
+        pass
+    return found
+
+
+def _allowance(server: str, verb: str) -> str:
+    family = V.IP6 if ":" in server else V.IP
+    net = f"{server}/{128 if family == V.IP6 else 32}"
+    lines = [f"{verb} VPNFW-OUTPUT{' 1' if verb == '-I' else ''} -d {net} -p {proto} -m {proto} --dport 53 "
+             f'-m owner --uid-owner 0 -m comment --comment "{ALLOWANCE_COMMENT}" -j ACCEPT'
+             for proto in ("udp", "tcp")]
+    return "*filter\n" + "\n".join(lines) + "\nCOMMIT\n"
+
+
+def refresh(settings, say) -> int:
+    """Resolve the host names, pin them; 0 when every name got an address."""
+    from .dnsquery import DNSError, resolve
+
+    names = sorted({ep.host for ep in settings.vpn_servers if ep.host})
+    if not names:
+        say("notice", "$VPN_SERVERS names no host: nothing to refresh")
+        return 0
+    servers = resolvers(settings)
+    if not servers:
+        say("error", "no DNS server to ask: set $DNS_SERVERS or a nameserver in /etc/resolv.conf")
+        return 1
+    opened = []
+    try:
+        for server in servers:  # only while resolving, only root, only these servers
+            family = V.IP6 if ":" in server else V.IP
+            try:
+                if kernel.is_loaded(kernel.save(family)):
+                    kernel.restore(family, _allowance(server, "-I"))
+                    opened.append(server)
+            except LoadError as e:
+                say("warning", f"could not open DNS to {server} for the refresh: {e}")
+        pins, failed = read_pins(), 0
+        for name in names:
+            try:
+                addresses = resolve(name, servers)
+            except DNSError as e:
+                addresses = []
+                say("error", f"{name}: {e}")
+            if addresses:
+                pins[name] = {"addresses": sorted(set(addresses)), "resolved": int(time.time())}
+                say("info", f"{name}: {' '.join(pins[name]['addresses'])}")
+            else:
+                failed += 1
+                say("error", f"{name}: no address; the addresses pinned before stay")
+    finally:
+        for server in opened:
+            try:
+                kernel.restore(V.IP6 if ":" in server else V.IP, _allowance(server, "-D"))
+            except LoadError as e:
+                say("error", f"could not remove the DNS allowance for {server}: {e}; a reload removes it")
+    _write(pins)
+    return 1 if failed else 0
+
+
+def _write(pins: dict) -> None:
+    path = state_file()
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(pins, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
