@@ -198,3 +198,37 @@ def test_packets_pass_or_not_as_the_policy_says(tmp_path, testbed, backend):
     client.sh("ip route add 192.0.2.0/24 via 198.18.0.2 dev eth0 metric 50")
     assert probe(client, "tcp 192.0.2.10 80") == "refused"
     assert probe(client, "tcp 198.18.0.2 1194") == "ok"
+
+
+def test_status_json_for_scripts(tmp_path, netns):
+    import json
+    conf = write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    ns = netns("json")
+    log = tmp_path / "kern.log"
+    log.write_text(
+        "Nov 25 kernel: [1.0] vpn-firewall blocked out: IN= OUT=eth0 SRC=198.19.0.1 DST=198.18.0.10 LEN=60 "
+        "TOS=0x00 PREC=0x00 TTL=64 ID=1 DF PROTO=TCP SPT=40000 DPT=443 WINDOW=64240 RES=0x00 SYN URGP=0\n"
+        "Nov 25 kernel: [2.0] something else\n"
+        "Nov 25 kernel: [3.0] vpn-firewall blocked in: IN=eth0 OUT= MAC=x SRC=192.0.2.1 DST=198.19.0.1 LEN=84 "
+        "PROTO=ICMP TYPE=8 CODE=0\n")
+    env = {"VPN_FIREWALL_KERN_LOG": str(log)}
+    assert run_loader(["--config-dir", conf, "start"], netns=ns.name).returncode == 0
+    ns.sh("ip link add eth9 type veth peer name eth9p && ip addr add 198.18.0.1/24 dev eth9"
+          " && ip link set eth9 up && ip link set eth9p up && ip route add default via 198.18.0.2")
+    assert ns.sh(f"{sys.executable} {PROBE} tcp 192.0.2.1 80", check=False).stdout.strip() == "refused"
+    out = run_loader(["--config-dir", conf, "status", "--json"], env=env, netns=ns.name)
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout)
+    assert facts["families"]["ip"]["state"] == "loaded" and facts["families"]["ip"]["in_sync"] is True
+    assert facts["families"]["ip"]["blocked"]["OUTPUT"] == 1
+    assert facts["families"]["ip"]["blocked_rules"] == [
+        {"chain": "OUTPUT", "rule": "-A VPNFW-OUTPUT -p tcp -j REJECT --reject-with tcp-reset", "packets": 1}]
+    assert facts["recent_blocked"] == [
+        {"direction": "out", "interface": "eth0", "destination": "198.18.0.10", "protocol": "TCP", "port": 443},
+        {"direction": "in", "interface": None, "destination": "198.19.0.1", "protocol": "ICMP", "port": None}]
+    human = run_loader(["--config-dir", conf, "status"], env=env, netns=ns.name).stdout
+    assert "  out  TCP 198.18.0.10:443 via eth0" in human
+    assert "-A VPNFW-OUTPUT -p tcp -j REJECT --reject-with tcp-reset" in human
+    unreadable = run_loader(["--config-dir", conf, "status"], env={"VPN_FIREWALL_KERN_LOG": str(tmp_path / "nope")},
+                            netns=ns.name).stdout
+    assert "recently blocked: the kernel log is not readable here" in unreadable

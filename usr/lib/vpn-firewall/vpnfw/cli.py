@@ -161,7 +161,7 @@ def cmd_is_configured(args) -> int:
 def cmd_status(args) -> int:
     from .status import status
 
-    return status(args.config_dir, lambda: compile_config(args.config_dir), say)
+    return status(args.config_dir, lambda: compile_config(args.config_dir, quiet=True), args.json)
 
 
 def cmd_ensure_closed(args) -> int:
@@ -237,7 +237,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("show", help="print the iptables-restore input of both families (dry run)").set_defaults(func=cmd_show)
     sub.add_parser("is-configured", help="exit 0 if the config is valid and names a VPN server, else 1"
                    ).set_defaults(func=cmd_is_configured)
-    sub.add_parser("status", help="what is loaded, whether it matches the config, what was blocked").set_defaults(func=cmd_status)
+    st = sub.add_parser("status", help="what is loaded, whether it matches the config, what was blocked")
+    st.add_argument("--json", action="store_true", help="the same facts as JSON, for scripts")
+    st.set_defaults(func=cmd_status)
     sub.add_parser("ensure-closed", help="load the lockdown where nothing of ours is loaded (the unit's "
                    "ExecStopPost after a failed start); never opens").set_defaults(func=cmd_ensure_closed)
     sub.add_parser("leak-test", help="try to send outside the tunnel on every interface; exit 0 only if "

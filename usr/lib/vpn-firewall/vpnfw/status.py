@@ -1,12 +1,18 @@
-"""`vpn-firewall status`: what is loaded, whether it is the config's, what it blocked."""
+"""`vpn-firewall status`: what is loaded, whether it is the config's, what it blocked.
 
+The facts are gathered into one dict, printed for people or, with --json, for scripts.
+"""
+
+import json
 import os
+import re
 
 from . import kernel, load
 from .errors import ConfigError, LoadError
 from .model import BUILTIN_CHAINS, our_chain
 
 IN_SYNC, DIFFERENT, NOT_LOADED = 0, 1, 3
+LOG_LINE = re.compile(r"vpn-firewall blocked (\w+): (.*)")
 
 
 def vpn_interfaces(patterns) -> list:
@@ -28,63 +34,136 @@ def vpn_interfaces(patterns) -> list:
     return found
 
 
-def blocked_counts(dump) -> dict:
-    """our chain -> packets that met DROP or REJECT rules in it."""
-    policies, rules = dump.tables.get("filter", ({}, {}))
-    counts = {}
+def blocked(dump) -> tuple:
+    """({chain: packets}, [(chain, rule, packets)]) of the DROP and REJECT rules in our chains."""
+    rules = dump.tables.get("filter", ({}, {}))[1]
+    per_chain, per_rule = {}, []
     for builtin in BUILTIN_CHAINS["filter"]:
         chain = our_chain(builtin)
-        lines = rules.get(chain, [])
-        numbers = dump.counters.get(("filter", chain), [])
-        counts[builtin] = sum(
-            packets for line, (packets, _) in zip(lines, numbers)
-            if line.endswith(" -j DROP") or " -j REJECT" in line
-        )
-    return counts
+        total = 0
+        for line, (packets, _) in zip(rules.get(chain, []), dump.counters.get(("filter", chain), [])):
+            if line.endswith(" -j DROP") or " -j REJECT" in line:
+                total += packets
+                if packets:
+                    per_rule.append((builtin, line, packets))
+        per_chain[builtin] = total
+    return per_chain, per_rule
 
 
-def status(config_dir: str, compile_ruleset, say) -> int:
+def recent_blocked(limit: int = 10):
+    """The latest 'vpn-firewall blocked' kernel log lines, parsed; None when no log is readable."""
+    import subprocess
+
+    path = os.environ.get("VPN_FIREWALL_KERN_LOG")
+    lines = None
+    if path is None:
+        try:
+            out = subprocess.run(["journalctl", "-k", "-o", "cat", "--no-pager", "-n", "2000"],
+                                 capture_output=True, text=True, timeout=10)
+            if out.returncode == 0:
+                lines = out.stdout.splitlines()
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        path = "/var/log/kern.log"
+    if lines is None:
+        try:
+            with open(path, errors="replace") as f:
+                lines = f.read().splitlines()[-2000:]
+        except OSError:
+            return None
+    found = []
+    for line in lines:
+        m = LOG_LINE.search(line)
+        if m:
+            fields = dict(word.split("=", 1) for word in m.group(2).split() if "=" in word)
+            port = fields.get("DPT", "")
+            found.append({"direction": m.group(1), "interface": fields.get("OUT") or None,
+                          "destination": fields.get("DST"), "protocol": fields.get("PROTO"),
+                          "port": int(port) if port.isdigit() else None})
+    return found[-limit:]
+
+
+def gather(config_dir: str, compile_config) -> dict:
     backend = kernel.backend()
-    print(f"backend: iptables-{backend}")
-    others = kernel.other_backend_rules(backend)
-    if others:
-        say("warning", f"the other iptables backend holds rules too ({', '.join(others)}): both apply to every packet")
+    facts = {"backend": backend, "other_backend_rules": kernel.other_backend_rules(backend),
+             "families": {}, "config": {"directory": config_dir, "valid": True, "error": None}}
     try:
-        compiled, config_problem = compile_ruleset(), None
+        compiled = compile_config()
     except (ConfigError, LoadError) as e:
-        compiled, config_problem = None, str(e)
-    ruleset = compiled.ruleset if compiled else None
+        compiled = None
+        facts["config"].update(valid=False, error=str(e))
     code = IN_SYNC
     for family in load.families():
+        entry = facts["families"][family] = {}
         try:
             dump = kernel.save(family, counters=True)
         except LoadError as e:
-            print(f"{family}: cannot read the rules: {e}")
+            entry.update(state="unreadable", error=str(e))
             code = max(code, NOT_LOADED)
             continue
         if not kernel.is_loaded(dump):
-            print(f"{family}: NOT LOADED: this family is not protected by vpn-firewall")
+            entry["state"] = "not loaded"
             code = max(code, NOT_LOADED)
             continue
-        if load.is_lockdown(dump):
-            state = "LOCKDOWN (a start failed: everything but loopback is dropped)"
+        entry["state"] = "lockdown" if load.is_lockdown(dump) else "loaded"
+        entry["in_sync"] = compiled is not None and not load.differences(dump, compiled.ruleset[family])
+        if entry["state"] == "lockdown" or not entry["in_sync"]:
             code = max(code, DIFFERENT)
-        elif ruleset is None:
-            state = "loaded; the config on disk is invalid, so the rules in force are an older config's"
-            code = max(code, DIFFERENT)
-        elif not load.differences(dump, ruleset[family]):
-            state = "loaded, the same as the config compiles to"
-        else:
-            state = "loaded, but the config on disk has changed since: run 'vpn-firewall reload'"
-            code = max(code, DIFFERENT)
-        print(f"{family}: {state}")
-        counts = blocked_counts(dump)
-        print(f"{family}: blocked packets: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
-    if config_problem:
-        print(f"config: {config_problem}")
+        per_chain, per_rule = blocked(dump)
+        entry["blocked"] = per_chain
+        entry["blocked_rules"] = [{"chain": c, "rule": r, "packets": p} for c, r, p in per_rule]
     patterns = list(compiled.settings.vpn_interfaces) if compiled else ["tun+", "wg+"]
-    present = vpn_interfaces(patterns)
-    shown = ", ".join(f"{n} ({s})" for n, s in present) or "none present"
-    print(f"vpn interfaces ({' '.join(patterns)}): {shown}")
-    return code
+    facts["vpn_interfaces"] = [{"name": n, "state": s} for n, s in vpn_interfaces(patterns)]
+    facts["vpn_interface_patterns"] = patterns
+    facts["recent_blocked"] = recent_blocked()
+    facts["exit"] = code
+    return facts
 
+
+def show(facts) -> None:
+    print(f"backend: iptables-{facts['backend']}")
+    if facts["other_backend_rules"]:
+        print(f"warning: the other iptables backend holds rules too ({', '.join(facts['other_backend_rules'])}): "
+              "both apply to every packet")
+    for family, entry in facts["families"].items():
+        state = entry["state"]
+        if state == "not loaded":
+            print(f"{family}: NOT LOADED: this family is not protected by vpn-firewall")
+            continue
+        if state == "unreadable":
+            print(f"{family}: cannot read the rules: {entry['error']}")
+            continue
+        if state == "lockdown":
+            text = "LOCKDOWN (a start failed: everything but loopback is dropped)"
+        elif not facts["config"]["valid"]:
+            text = "loaded; the config on disk is invalid, so the rules in force are an older config's"
+        elif entry["in_sync"]:
+            text = "loaded, the same as the config compiles to"
+        else:
+            text = "loaded, but the config on disk has changed since: run 'vpn-firewall reload'"
+        print(f"{family}: {text}")
+        print(f"{family}: blocked packets: " + ", ".join(f"{c} {n}" for c, n in entry["blocked"].items()))
+        for rule in entry["blocked_rules"]:
+            print(f"{family}:   {rule['packets']:>8}  {rule['rule']}")
+    if not facts["config"]["valid"]:
+        print(f"config: {facts['config']['error']}")
+    shown = ", ".join(f"{i['name']} ({i['state']})" for i in facts["vpn_interfaces"]) or "none present"
+    print(f"vpn interfaces ({' '.join(facts['vpn_interface_patterns'])}): {shown}")
+    recent = facts["recent_blocked"]
+    if recent is None:
+        print("recently blocked: the kernel log is not readable here")
+    elif recent:
+        print("recently blocked:")
+        for r in recent:
+            port = f":{r['port']}" if r["port"] else ""
+            via = f" via {r['interface']}" if r["interface"] else ""
+            print(f"  {r['direction']:4} {r['protocol']} {r['destination']}{port}{via}")
+
+
+def status(config_dir: str, compile_config, as_json: bool = False) -> int:
+    facts = gather(config_dir, compile_config)
+    if as_json:
+        print(json.dumps(facts, indent=2))
+    else:
+        show(facts)
+    return facts["exit"]
