@@ -231,3 +231,15 @@ def test_ensure_closed_after_success_does_nothing(tmp_path, netns):
     out = run_loader(["ensure-closed"], env={"SERVICE_RESULT": "success"}, netns=ns.name)
     assert out.returncode == 0
     assert "VPNFW" not in ns.save("ip")
+
+
+def test_journal_gets_lockdown_as_an_error_and_success_as_info(tmp_path, netns):
+    ns = netns("journal")
+    conf = write_config(tmp_path / "conf", {"30_user.conf": BROKEN})
+    out = run_loader(["--config-dir", conf, "start"], env={"JOURNAL_STREAM": "8:1"}, netns=ns.name)
+    lines = out.stderr.splitlines()
+    assert f"<3>{conf}/{BROKEN_AT}" in lines
+    assert "<3>ip: LOCKDOWN loaded: everything but loopback is dropped" in lines
+    write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    out = run_loader(["--config-dir", conf, "reload"], env={"JOURNAL_STREAM": "8:1"}, netns=ns.name)
+    assert "<6>rules loaded and verified (ip, ip6)" in out.stderr.splitlines()

@@ -325,3 +325,9 @@ def test_host_name_endpoints_use_the_pinned_addresses(tmp_path, monkeypatch, cap
         rule_line(r) for r in compiled.ruleset["ip"]]
     assert "-A VPNFW-OUTPUT -d 2001:db8::9/128 -p udp -m udp --dport 1194 -j ACCEPT" in [
         rule_line(r) for r in compiled.ruleset["ip6"]]
+
+
+def test_gateway_nat66_only_when_asked(tmp_path):
+    text = "@def $GATEWAY_INTERFACES = (lan0);\n@def $VPN_INTERFACES = (tun0);\n@def $GATEWAY_MASQUERADE6 = yes;\n"
+    v6 = [rule_line(r) for r in compile_text(tmp_path, text).ruleset["ip6"]]
+    assert "-A VPNFW-POSTROUTING -o tun0 -j MASQUERADE" in v6

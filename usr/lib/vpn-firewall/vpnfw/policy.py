@@ -189,8 +189,9 @@ def _gateway_forward(family, settings):
 
 
 def _gateway_nat(family, settings):
-    """NAT on the tunnel only, never on a physical interface; IPv4 only (no NAT66)."""
-    if family != V.IP or not settings.gateway_interfaces or not settings.gateway_masquerade:
+    """NAT on the tunnel only, never on a physical interface; NAT66 only when asked."""
+    wanted = settings.gateway_masquerade if family == V.IP else settings.gateway_masquerade6
+    if not settings.gateway_interfaces or not wanted:
         return []
     return [Rule(family, "nat", "POSTROUTING", (_h("-o", tunnel),), (), "MASQUERADE")
             for tunnel in settings.vpn_interfaces]

@@ -25,6 +25,7 @@ class Settings(NamedTuple):
     log_blocked: bool
     gateway_interfaces: tuple  # internal interfaces whose clients are routed through the tunnel
     gateway_masquerade: bool
+    gateway_masquerade6: bool
 
 
 def _list(name, atoms, parse):
@@ -63,6 +64,7 @@ SCHEMA = {
     "LOG_BLOCKED": ("log_blocked", _bool, None, True),
     "GATEWAY_INTERFACES": ("gateway_interfaces", _list, V.interface, ()),
     "GATEWAY_MASQUERADE": ("gateway_masquerade", _bool, None, True),
+    "GATEWAY_MASQUERADE6": ("gateway_masquerade6", _bool, None, False),
 }
 
 
