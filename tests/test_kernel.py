@@ -232,3 +232,12 @@ def test_status_json_for_scripts(tmp_path, netns):
     unreadable = run_loader(["--config-dir", conf, "status"], env={"VPN_FIREWALL_KERN_LOG": str(tmp_path / "nope")},
                             netns=ns.name).stdout
     assert "recently blocked: the kernel log is not readable here" in unreadable
+
+
+def test_unwritable_lock_file_is_said_and_not_fatal(tmp_path, netns):
+    conf = write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    ns = netns("lock")
+    out = run_loader(["--config-dir", conf, "start"], env={"VPN_FIREWALL_LOCK": str(tmp_path / "no" / "lock")},
+                     netns=ns.name)
+    assert out.returncode == 0
+    assert "cannot open the lock file" in out.stderr and "going on without it" in out.stderr

@@ -1,6 +1,7 @@
 """The command line: vpn-firewall [--config-dir DIR] {start,reload,check,show,status,unload}."""
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import NamedTuple
@@ -9,7 +10,7 @@ from .errors import ConfigError, LoadError
 
 LEVELS = {"error": 3, "warning": 4, "notice": 5, "info": 6}
 DEFAULT_CONFIG_DIR = "/etc/vpn-firewall"
-REFUSED = 1
+REFUSED, CONFIG_ERROR = 1, 3
 
 EPILOG = """\
 exit status:
@@ -60,7 +61,8 @@ def compile_config(config_dir: str, quiet: bool = False) -> "Compiled":
     return Compiled(policy.build(pinned, user_rules), settings)
 
 
-def _lock():
+@contextlib.contextmanager
+def rules_lock():
     """One vpn-firewall at a time changes the rules (a restart and a reload may overlap)."""
     import fcntl
 
@@ -69,20 +71,27 @@ def _lock():
         handle = open(path, "a")
     except OSError as e:
         say("warning", f"cannot open the lock file {path}: {e.strerror}; going on without it")
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def compiled_or_say(config_dir: str):
+    """The config's ruleset, or None after printing why not (check and show)."""
+    try:
+        return compile_config(config_dir).ruleset
+    except ConfigError as e:
+        print(e, file=sys.stderr)
         return None
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
 
 
 def cmd_start(args) -> int:
     from . import load
 
-    lock = _lock()
-    try:
+    with rules_lock():
         code = load.apply(lambda: compile_config(args.config_dir).ruleset, say)
-    finally:
-        if lock:
-            lock.close()
     if code == load.OK:
         say("info", f"rules loaded and verified ({', '.join(load.families())})")
     return code
@@ -97,14 +106,10 @@ def cmd_refresh(args) -> int:
         settings = compile_config(args.config_dir, quiet=True).settings
     except ConfigError as e:
         print(e, file=sys.stderr)
-        return 3
-    lock = _lock()
-    try:
+        return CONFIG_ERROR
+    with rules_lock():
         resolved = refresh(settings, say)
         code = load.apply(lambda: compile_config(args.config_dir).ruleset, say)
-    finally:
-        if lock:
-            lock.close()
     return code or resolved
 
 
@@ -112,18 +117,16 @@ def cmd_check(args) -> int:
     from . import kernel
     from .render import render_load
 
-    try:
-        ruleset = compile_config(args.config_dir).ruleset
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 3
+    ruleset = compiled_or_say(args.config_dir)
+    if ruleset is None:
+        return CONFIG_ERROR
     if os.geteuid() == 0:
         try:
             for family in ruleset:
                 kernel.restore(family, render_load(ruleset[family], {}), test=True)
         except LoadError as e:
             say("error", str(e))
-            return 3
+            return CONFIG_ERROR
         tested = "; iptables-restore --test accepts it"
     else:
         tested = " (not root: iptables-restore --test skipped)"
@@ -135,11 +138,9 @@ def cmd_check(args) -> int:
 def cmd_show(args) -> int:
     from .render import render_load
 
-    try:
-        ruleset = compile_config(args.config_dir).ruleset
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 3
+    ruleset = compiled_or_say(args.config_dir)
+    if ruleset is None:
+        return CONFIG_ERROR
     out = []
     for family, rules in ruleset.items():
         tool = "iptables" if family == "ip" else "ip6tables"
@@ -172,8 +173,7 @@ def cmd_ensure_closed(args) -> int:
     if os.environ.get("SERVICE_RESULT", "") == "success":
         return load.OK
     worst = load.OK
-    lock = _lock()
-    try:
+    with rules_lock():
         for family in load.families():
             try:
                 loaded = kernel.is_loaded(kernel.save(family))
@@ -181,9 +181,6 @@ def cmd_ensure_closed(args) -> int:
                 loaded = False
             if not loaded:
                 worst = max(worst, load.OUTCOME_EXIT[load.lockdown(family, say)])
-    finally:
-        if lock:
-            lock.close()
     return worst
 
 
@@ -207,12 +204,8 @@ def cmd_unload(args) -> int:
                      "Run 'vpn-firewall unload --force' if that is what you want.")
         return REFUSED
     say("warning", "unloading vpn-firewall: from now on traffic is NOT protected by the kill switch")
-    lock = _lock()
-    try:
+    with rules_lock():
         return load.unload(say)
-    finally:
-        if lock:
-            lock.close()
 
 
 def parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from .model import BUILTIN_CHAINS, LOCKDOWN_COMMENT, our_chain
 from .render import chains_of, expected_lines, jump_line, render_load, render_unload, rendered, tables_used
 
 # Exit codes, worst last; documented in vpn-firewall(8).
-OK, CONFIG_ERROR, KEPT, LOCKDOWN, OPEN = 0, 3, 4, 5, 6
+OK, KEPT, LOCKDOWN, OPEN = 0, 4, 5, 6
 OUTCOME_EXIT = {"loaded": OK, "kept": KEPT, "lockdown": LOCKDOWN, "open": OPEN}
 
 
