@@ -21,7 +21,6 @@ PUNCT = ";(){}=!"
 _TOKEN = re.compile(
     r"""
     (?P<space>[ \t\r\f\v]+)
-  | (?P<newline>\n)
   | (?P<comment>\#[^\n]*)
   | (?P<var>\$[A-Za-z_][A-Za-z0-9_]*)
   | (?P<string>"[^"\n]*"|'[^'\n]*')
@@ -82,30 +81,38 @@ def describe(token: Token) -> str:
 
 
 def tokenize(text: str, filename: str) -> list:
+    """Tokens with their places; line by line, since no token spans a line."""
     tokens = []
-    line, line_start, i = 1, 0, 0
-    match = _TOKEN.match
-    while i < len(text):
-        m = match(text, i)
-        pos = Pos(filename, line, i - line_start + 1)
-        if m is None:
-            ch = text[i]
-            if ch in "\"'":
-                raise ConfigError(pos, "unterminated string: a string must close on the same line")
-            raise ConfigError(pos, f"unexpected character {ch!r}")
-        kind = m.lastgroup
-        if kind == "newline":
-            line += 1
-            line_start = m.end()
-        elif kind == "var":
-            tokens.append(Token("var", m.group()[1:], pos))
-        elif kind == "string":
-            tokens.append(Token("string", m.group()[1:-1], pos))
-        elif kind in ("punct", "word"):
-            tokens.append(Token(kind, m.group(), pos))
-        i = m.end()
-    tokens.append(Token("eof", "", Pos(filename, line, i - line_start + 1)))
+    append = tokens.append
+    lineno = 0
+    for lineno, line in enumerate(text.split("\n"), 1):
+        pos = 0
+        for m in _TOKEN.finditer(line):
+            start = m.start()
+            if start != pos:
+                _bad_character(line, pos, Pos(filename, lineno, pos + 1))
+            pos = m.end()
+            kind = m.lastgroup
+            if kind in ("space", "comment"):
+                continue
+            if kind == "var":
+                append(Token("var", m.group()[1:], Pos(filename, lineno, start + 1)))
+            elif kind == "string":
+                append(Token("string", m.group()[1:-1], Pos(filename, lineno, start + 1)))
+            else:
+                append(Token(kind, m.group(), Pos(filename, lineno, start + 1)))
+        if pos != len(line):
+            _bad_character(line, pos, Pos(filename, lineno, pos + 1))
+    last = text.rsplit("\n", 1)[-1]
+    tokens.append(Token("eof", "", Pos(filename, max(lineno, 1), len(last) + 1)))
     return tokens
+
+
+def _bad_character(line: str, i: int, pos: Pos):
+    ch = line[i]
+    if ch in "\"'":
+        raise ConfigError(pos, "unterminated string: a string must close on the same line")
+    raise ConfigError(pos, f"unexpected character {ch!r}")
 
 
 def parse(text: str, filename: str) -> tuple:
