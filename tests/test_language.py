@@ -331,3 +331,8 @@ def test_gateway_nat66_only_when_asked(tmp_path):
     text = "@def $GATEWAY_INTERFACES = (lan0);\n@def $VPN_INTERFACES = (tun0);\n@def $GATEWAY_MASQUERADE6 = yes;\n"
     v6 = [rule_line(r) for r in compile_text(tmp_path, text).ruleset["ip6"]]
     assert "-A VPNFW-POSTROUTING -o tun0 -j MASQUERADE" in v6
+
+
+def test_ctstate_list_is_one_value_and_may_be_negated_whole(tmp_path):
+    assert user_lines(tmp_path, "chain INPUT mod conntrack ctstate ! (NEW INVALID) ACCEPT;") == [
+        "-A VPNFW-INPUT -m conntrack ! --ctstate INVALID,NEW -j ACCEPT"]

@@ -127,8 +127,9 @@ class Compiler:
         for inner, j in handler(self, scope, elements, i + 1, el):
             self._walk(inner, stmt, j, path)
 
-    def values(self, elements, i: int, keyword: Atom, negatable: bool = True):
-        """The (negated, atoms, next index) that follow a keyword."""
+    def values(self, elements, i: int, keyword: Atom, negatable: bool = True, whole: bool = False):
+        """The (negated, atoms, next index) that follow a keyword; `whole`: the list is one
+        value, so '!' may negate it."""
         negated = False
         if i < len(elements) and isinstance(elements[i], Bang):
             if not negatable:
@@ -148,7 +149,7 @@ class Compiler:
             atoms = self.vars.expand(el)
         if not atoms:
             raise ConfigError(el.pos, f"'{keyword.text}' needs at least one value; the list is empty")
-        if negated and len(atoms) > 1:
+        if negated and len(atoms) > 1 and not whole:
             raise ConfigError(el.pos, f"a negated list after '{keyword.text}' would match everything; negate one value")
         return negated, atoms, i + 1
 
@@ -389,32 +390,14 @@ def _mod(c: Compiler, scope: Scope, els, i, kw):
 
 
 def _module_option(module: str, option: str, parse, joined: bool = False):
+    """A module's option; `joined`: a list is one comma-joined value (ctstate), not a loop."""
     def handler(c: Compiler, scope: Scope, els, i, kw):
         if scope.module != module:
             raise ConfigError(kw.pos, f"'{kw.text}' needs 'mod {module}' before it")
-        negated, atoms, j = c.values(els, i, kw) if not joined else _joined_values(c, els, i, kw)
-        if joined:
-            yield scope._replace(matches=_add_option(scope, module, (negated, option, parse(atoms)), kw.pos)), j
-            return
-        for atom in atoms:
-            yield scope._replace(matches=_add_option(scope, module, (negated, option, parse(atom)), kw.pos)), j
+        negated, atoms, j = c.values(els, i, kw, whole=joined)
+        for value in ([parse(atoms)] if joined else [parse(a) for a in atoms]):
+            yield scope._replace(matches=_add_option(scope, module, (negated, option, value), kw.pos)), j
     return handler
-
-
-def _joined_values(c: Compiler, els, i, kw):
-    """A list that stands for one comma-joined option (ctstate), so '!' may negate it whole."""
-    negated = False
-    if i < len(els) and isinstance(els[i], Bang):
-        negated, i = True, i + 1
-    if i >= len(els) or isinstance(els[i], Bang):
-        raise ConfigError(kw.pos, f"expected a value after '{kw.text}'")
-    el = els[i]
-    atoms = []
-    for item in (el.items if isinstance(el, ListNode) else (el,)):
-        atoms.extend(c.vars.expand(item))
-    if not atoms:
-        raise ConfigError(el.pos, f"'{kw.text}' needs at least one value; the list is empty")
-    return negated, atoms, i + 1
 
 
 def _ctstates(atoms) -> str:
