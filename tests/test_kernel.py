@@ -241,3 +241,18 @@ def test_unwritable_lock_file_is_said_and_not_fatal(tmp_path, netns):
                      netns=ns.name)
     assert out.returncode == 0
     assert "cannot open the lock file" in out.stderr and "going on without it" in out.stderr
+
+
+@pytest.mark.parametrize("backend,other", [("nft", "legacy"), ("legacy", "nft")])
+def test_rules_of_the_other_backend_are_warned_about(tmp_path, netns, backend, other):
+    env = {"PATH": backend_path(tmp_path, backend)}
+    conf = write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    ns = netns("other")
+    out = run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name)
+    assert out.returncode == 0 and "holds rules too" not in out.stderr
+    ns.sh(f"iptables-{other} -A OUTPUT -d 192.0.2.50 -j ACCEPT")
+    out = run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name)
+    assert out.returncode == 0
+    assert f"iptables-{other} holds rules too (ip)" in out.stderr
+    status = run_loader(["--config-dir", conf, "status"], env=env, netns=ns.name)
+    assert "the other iptables backend holds rules too (ip)" in status.stdout

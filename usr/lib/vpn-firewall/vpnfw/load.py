@@ -104,6 +104,7 @@ def apply(compile_ruleset, say) -> int:
         say("notice", "ip6: the kernel has no IPv6 (no /proc/net/if_inet6): IPv6 rules skipped")
     # The kernel's state is read while the config compiles: both wait on different things.
     reading = _in_background(lambda: _each_family(fams, lambda family: _read_state(family, say)))
+    _warn_other_backend(say)
     try:
         ruleset, problem = compile_ruleset(), None
     except (ConfigError, LoadError) as e:
@@ -164,6 +165,19 @@ def _each_family(fams, work) -> dict:
     for family, join in others:
         results[family] = join()
     return results
+
+
+def _warn_other_backend(say) -> None:
+    """Rules in the other iptables backend apply too, and vpn-firewall does not see them."""
+    backend = kernel.backend()
+    try:
+        others = kernel.other_backend_rules(backend)
+    except LoadError:
+        return
+    if others:
+        other = "legacy" if backend == "nft" else "nft"
+        say("warning", f"iptables-{other} holds rules too ({', '.join(others)}): they apply to every packet "
+                       f"besides vpn-firewall's (loaded with iptables-{backend}); see iptables-{other}-save")
 
 
 def _keep_or_lockdown(family: str, loaded: bool, say) -> str:
