@@ -138,7 +138,7 @@ def throughput(workdir):
         bed.up()
         bed.spawn("iperf3", bed.inet, ["iperf3", "-s", "-B", T.WEB_V4], stdout=subprocess.DEVNULL)
         time.sleep(0.5)
-        for _ in range(7):
+        for _ in range(9):
             rates["without"].append(iperf())
             if bed.loader("start").returncode != 0:
                 raise RuntimeError("vpn-firewall start failed in the throughput bed")
@@ -146,7 +146,10 @@ def throughput(workdir):
             bed.loader("unload", "--force")
     finally:
         bed.down()
-    return {name: statistics.median(r) for name, r in rates.items()}
+    result = {name: statistics.median(r) for name, r in rates.items()}
+    # each pair ran back to back: the median of their ratios is steadier than a ratio of medians
+    result["ratio"] = statistics.median(w / wo for w, wo in zip(rates["with"], rates["without"]))
+    return result
 
 
 def main():
@@ -176,14 +179,14 @@ def main():
     print(f"fit of (a)-(c), vpn-firewall's own cost: {o0 * 1000:.1f} ms + {o1 * 1e6:.1f} us/endpoint; "
           f"quadratic term {own_share:+.1%} of it at {top} (a difference of noisy medians: a hint only)")
     tp = throughput(workdir)
-    print(f"tunnel throughput: {tp['without']:.0f} Mbit/s without, {tp['with']:.0f} Mbit/s with vpn-firewall: "
-          f"{tp['with'] / tp['without']:.1%}")
+    print(f"tunnel throughput: {tp['without']:.0f} Mbit/s without, {tp['with']:.0f} Mbit/s with vpn-firewall; "
+          f"median ratio of back-to-back pairs: {tp['ratio']:.1%}")
     goals = {
         "(a)/(c) <= 1.25 at 1 endpoint": rows[1]["a"] / rows[1]["c"] <= 1.25,
         "(a)/(c) <= 1.25 at 5,000 endpoints": rows[5000]["a"] / rows[5000]["c"] <= 1.25,
         "(b)/(d) <= 1.0 at 5,000 endpoints": rows[5000]["b"] / rows[5000]["d_compile"] <= 1.0,
         "10,000 endpoints start in under 1 s": rows[10000]["a"] < 1.0,
-        "throughput with >= 97% of without": tp["with"] / tp["without"] >= 0.97,
+        "throughput with >= 97% of without": tp["ratio"] >= 0.97,
         "(a) not superlinear (quadratic term under +10% at 10,000)": quad_share < 0.10,
     }
     print()
