@@ -336,3 +336,23 @@ def test_gateway_nat66_only_when_asked(tmp_path):
 def test_ctstate_list_is_one_value_and_may_be_negated_whole(tmp_path):
     assert user_lines(tmp_path, "chain INPUT mod conntrack ctstate ! (NEW INVALID) ACCEPT;") == [
         "-A VPNFW-INPUT -m conntrack ! --ctstate INVALID,NEW -j ACCEPT"]
+
+
+@pytest.mark.parametrize("text", ["198.51.100.7:1194/udp", "[2001:DB8:0::7]:443/tcp", "10.0.0.1:65535/tcp",
+                                  "[::1]:1/udp", "0.0.0.0:53/udp", "[2001:db8::]:7/tcp", "1.2.3.4:01/udp"])
+def test_endpoint_short_cut_agrees_with_the_general_way(text):
+    from vpnfw import values
+    from vpnfw.errors import Pos
+    from vpnfw.parser import Atom
+    atom = Atom("word", text, Pos("f", 1, 1))
+    assert values.endpoint(atom) == values._endpoint(atom)
+
+
+@pytest.mark.parametrize("text", ["01.2.3.4:1194/udp", "1.2.3.4:65536/udp", "1.2.3:80/tcp", "[2001:db8::g]:1/udp",
+                                  "1.2.3.4:0/udp"])
+def test_endpoint_short_cut_leaves_errors_to_the_general_way(text):
+    from vpnfw import values
+    from vpnfw.errors import Pos
+    from vpnfw.parser import Atom
+    with pytest.raises(ConfigError):
+        values.endpoint(Atom("word", text, Pos("f", 1, 1)))

@@ -100,8 +100,26 @@ def address(atom) -> tuple:
     return family, f"{socket.inet_ntop(af, packed)}/{prefix}"
 
 
+# The usual forms, 198.51.100.7:1194/udp and [2001:db8::7]:1194/udp, take a short cut:
+# providers list thousands. Anything else, and every error, goes the general way.
+_PLAIN_ENDPOINT = re.compile(r"^(?:([0-9.]+)|\[([0-9A-Fa-f:]+)\]):([1-9][0-9]{0,4})/(udp|tcp)$")
+
+
 def endpoint(atom) -> Endpoint:
     """IP[/LEN][:PORT][/udp|/tcp], with IPv6 in brackets when a port follows: [2001:db8::7]:1194/udp."""
+    m = _PLAIN_ENDPOINT.match(atom.text)
+    if m and int(m.group(3)) < 65536:
+        v4, v6, port, proto = m.groups()
+        af, family, bits = (socket.AF_INET, IP, 32) if v4 else (socket.AF_INET6, IP6, 128)
+        try:
+            canonical = socket.inet_ntop(af, socket.inet_pton(af, v4 or v6))
+            return Endpoint(family, f"{canonical}/{bits}", port, proto)
+        except OSError:
+            pass  # the general way says what is wrong
+    return _endpoint(atom)
+
+
+def _endpoint(atom) -> Endpoint:
     text = atom.text
     rest, proto = text, None
     low = text.lower()
