@@ -17,7 +17,6 @@ from typing import NamedTuple, Union
 
 from .errors import ConfigError, Pos
 
-PUNCT = ";(){}=!"
 _TOKEN = re.compile(
     r"""
     (?P<space>[ \t\r\f\v]+)
