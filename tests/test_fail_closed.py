@@ -243,3 +243,40 @@ def test_journal_gets_lockdown_as_an_error_and_success_as_info(tmp_path, netns):
     write_config(tmp_path / "conf", {"30_user.conf": GOOD})
     out = run_loader(["--config-dir", conf, "reload"], env={"JOURNAL_STREAM": "8:1"}, netns=ns.name)
     assert "<6>rules loaded and verified (ip, ip6)" in out.stderr.splitlines()
+
+
+def test_backend_that_cannot_be_told_does_not_stop_the_load(tmp_path, netns):
+    """The backend is told from where iptables-restore points, else from `iptables -V`;
+    with wrappers whose names tell nothing and no `iptables` at all, it still loads."""
+    ns = netns("nobackend")
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    bindir = tmp_path / "wrappers"
+    bindir.mkdir()
+    for family in ("iptables", "ip6tables"):
+        for suffix in ("-save", "-restore"):
+            path = bindir / f"{family}{suffix}"
+            path.write_text(f"#!/bin/sh\nexec /usr/sbin/{family}{suffix} \"$@\"\n")
+            path.chmod(0o755)
+    out = run_loader(["--config-dir", conf, "start"], env={"PATH": f"{bindir}:/bin:/usr/bin"}, netns=ns.name)
+    assert out.returncode == 0, out.stderr
+    assert "VPNFW-OUTPUT" in ns.save("ip")
+
+
+def test_a_crash_while_loading_still_closes(tmp_path, netns):
+    """A bug in reading the kernel's rules (here: table_states raising) must not leave the
+    machine open: the load fails closed, down to the DROP policies."""
+    ns = netns("crash2")
+    code = (f"import sys; sys.path.insert(0, {LIBDIR!r})\n"
+            "from vpnfw import kernel, load, policy\n"
+            "from vpnfw.settings import read_settings\n"
+            "from vpnfw.compiler import Variables\n"
+            "def boom(dump): raise RuntimeError('bug in reading the rules')\n"
+            "kernel.table_states = boom\n"
+            "ruleset = lambda: policy.build(read_settings(Variables()), [])\n"
+            "sys.exit(load.apply(ruleset, lambda level, msg: print(level, msg, file=sys.stderr)))\n")
+    out = ns.sh(f"{sys.executable} -c \"{code}\"", check=False)
+    assert out.returncode == 5, out.stderr
+    assert "internal error while loading: RuntimeError: bug in reading the rules" in out.stderr
+    assert "LOCKDOWN by policy" in out.stderr
+    assert_policies_drop(ns, "ip")
+    assert_policies_drop(ns, "ip6")

@@ -168,20 +168,12 @@ def cmd_status(args) -> int:
 def cmd_ensure_closed(args) -> int:
     """The unit's ExecStopPost: a start that was killed before it loaded anything leaves
     the kernel's open defaults; close each family that holds nothing of ours. Never opens."""
-    from . import kernel, load
+    from . import load
 
     if os.environ.get("SERVICE_RESULT", "") == "success":
         return load.OK
-    worst = load.OK
     with rules_lock():
-        for family in load.families():
-            try:
-                loaded = kernel.is_loaded(kernel.save(family))
-            except LoadError:
-                loaded = False
-            if not loaded:
-                worst = max(worst, load.OUTCOME_EXIT[load.lockdown(family, say)])
-    return worst
+        return load.close_unloaded(say)
 
 
 def cmd_leak_test(args) -> int:

@@ -68,7 +68,7 @@ def lockdown(family: str, say) -> str:
         _load_verified(family, rules, state)
         say("error", f"{family}: LOCKDOWN loaded: everything but loopback is dropped")
         return "lockdown"
-    except LoadError as e:
+    except Exception as e:  # whatever failed, the policies below still close it
         say("error", f"{family}: could not load the lockdown ruleset: {e}")
     try:
         kernel.set_drop_policies(family)
@@ -99,6 +99,27 @@ def apply(compile_ruleset, say) -> int:
     A loader killed part way leaves either the old rules (a restore is one transaction)
     or, at boot, nothing yet: the unit's ExecStopPost (ensure-closed) closes that case.
     """
+    try:
+        return _apply(compile_ruleset, say)
+    except Exception as e:  # a bug anywhere here must not leave the machine open either
+        say("error", f"internal error while loading: {e.__class__.__name__}: {e}")
+        return close_unloaded(say)
+
+
+def close_unloaded(say) -> int:
+    """The lockdown in each family that holds nothing of ours; loaded rules stay. Never opens."""
+    worst = OK
+    for family in families():
+        try:
+            loaded = kernel.is_loaded(kernel.save(family))
+        except Exception:  # unreadable counts as not loaded: closing is the safe side
+            loaded = False
+        if not loaded:
+            worst = max(worst, OUTCOME_EXIT[lockdown(family, say)])
+    return worst
+
+
+def _apply(compile_ruleset, say) -> int:
     fams = families()
     if "ip6" not in fams:
         say("notice", "ip6: the kernel has no IPv6 (no /proc/net/if_inet6): IPv6 rules skipped")
@@ -169,10 +190,10 @@ def _each_family(fams, work) -> dict:
 
 def _warn_other_backend(say) -> None:
     """Rules in the other iptables backend apply too, and vpn-firewall does not see them."""
-    backend = kernel.backend()
-    try:
+    try:  # advice only: nothing here may stop the load
+        backend = kernel.backend()
         others = kernel.other_backend_rules(backend)
-    except LoadError:
+    except (LoadError, OSError):
         return
     if others:
         other = "legacy" if backend == "nft" else "nft"
