@@ -40,7 +40,7 @@ def base():
     return BASE
 
 
-def boot(tmp_path, base, scenario, config=None, preinstall=True):
+def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False):
     """Boot a guest on an overlay of the base tree; return (results dir, console output)."""
     upper, work, root = (tmp_path / d for d in ("upper", "work", "root"))
     for d in (upper, work, root):
@@ -63,6 +63,10 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True):
             assert out.returncode == 0, out.stdout + out.stderr
         if config is not None:
             (root / "etc/vpn-firewall/30_user.conf").write_text(config)
+        if legacy:
+            for tool in ("iptables", "ip6tables"):
+                subprocess.run(["chroot", str(root), "update-alternatives", "--set", tool,
+                                f"/usr/sbin/{tool}-legacy"], check=True, capture_output=True)
         # the guest's own namespace, with an eth0 for ifupdown to configure
         subprocess.run(["ip", "netns", "add", ns], check=True)
         subprocess.run(["ip", "netns", "add", ns + "-peer"], check=True)
@@ -97,6 +101,15 @@ def test_boot_loads_the_kill_switch_before_the_network(tmp_path, base):
         save = (results / name).read_text()
         assert ":OUTPUT DROP" in save and "-A OUTPUT -j VPNFW-OUTPUT" in save
     assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j ACCEPT" in (results / "boot-ip.save").read_text()
+
+
+def test_boot_with_the_legacy_backend_under_the_hardened_unit(tmp_path, base):
+    results, console = boot(tmp_path, base, "legacy", CONFIGURED, legacy=True)
+    f = facts(results)
+    assert f["result"] == "success" and f["active"] == "active", (results / "journal").read_text()
+    save = (results / "boot-ip.save").read_text()
+    assert "-A OUTPUT -j VPNFW-OUTPUT" in save
+    assert "nf_tables" not in save.splitlines()[0], "the legacy backend's save (no '(nf_tables)')"
 
 
 def test_broken_config_boots_into_lockdown_with_the_unit_failed(tmp_path, base):
