@@ -66,17 +66,17 @@ deb: deb-deps
 	cp $(DEB) $(PACKAGE).deb
 	@echo "built $(DEB) (and $(PACKAGE).deb)"
 
+# pyflakes, then lintian and systemd-analyze verify/security on the built package's tree.
 lint: deb
-	$(PYTHON) -m pyflakes usr/lib/vpn-firewall/vpnfw usr/lib/vpn-firewall/vpn-firewall tests
-	lintian --fail-on error,warning $(DEB)
-	systemd-analyze verify --man=no lib/systemd/system/vpn-firewall.service
+	$(PYTHON) -m pyflakes usr/lib/vpn-firewall/vpnfw usr/lib/vpn-firewall/vpn-firewall tests bench
+	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_package.py
 
 test-unit:
 	$(PYTHON) -m pytest -q tests/test_language.py tests/test_cli.py tests/test_fuzz.py
 
 # Every layer: language, kernel in namespaces, ferm, fail-closed, package + lintian, boot.
 test: test-deps deb
-	$(PYTHON) -m pyflakes usr/lib/vpn-firewall/vpnfw usr/lib/vpn-firewall/vpn-firewall tests
+	$(PYTHON) -m pyflakes usr/lib/vpn-firewall/vpnfw usr/lib/vpn-firewall/vpn-firewall tests bench
 	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider tests
 
 # The main job, shown safely: a real OpenVPN in network namespaces, the VPN client killed.
