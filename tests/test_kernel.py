@@ -256,3 +256,19 @@ def test_rules_of_the_other_backend_are_warned_about(tmp_path, netns, backend, o
     assert f"iptables-{other} holds rules too (ip)" in out.stderr
     status = run_loader(["--config-dir", conf, "status"], env=env, netns=ns.name)
     assert "the other iptables backend holds rules too (ip)" in status.stdout
+
+
+def test_nat_rules_removed_on_reload_leave_an_empty_chain_of_ours(tmp_path, netns):
+    """Turning gateway mode (or any nat rule) off: our nat chain is emptied, nothing else."""
+    conf = write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    ns = netns("natoff")
+    ns.sh("iptables -t nat -A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE")
+    assert run_loader(["--config-dir", conf, "start"], netns=ns.name).returncode == 0
+    assert "-A VPNFW-POSTROUTING -o tun+ -j MASQUERADE" in ns.save("ip")
+    write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE.replace("table nat chain POSTROUTING outerface tun+ MASQUERADE;\n", "")})
+    out = run_loader(["--config-dir", conf, "reload"], netns=ns.name)
+    assert out.returncode == 0, out.stderr
+    nat = [line for line in rules_of(ns.sh("iptables-save -t nat").stdout) if line.startswith("-A")]
+    assert nat == ["-A POSTROUTING -j VPNFW-POSTROUTING", "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE"]
+    status = run_loader(["--config-dir", conf, "status"], netns=ns.name)
+    assert status.returncode == 0 and "ip: loaded, the same as the config compiles to" in status.stdout
