@@ -10,12 +10,18 @@ import threading
 IP_FREEBIND = 15  # bind before the tunnel address exists
 
 
-def web():
+def listener(port: int):
+    """A TCP socket on every address of both families."""
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind(("::", 80))
+    s.bind(("::", port))
     s.listen(128)
+    return s
+
+
+def web():
+    s = listener(80)
     while True:
         conn, peer = s.accept()
         try:
@@ -30,11 +36,7 @@ def web():
 
 
 def sink():
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind(("::", 9000))
-    s.listen(16)
+    s = listener(9000)
     while True:
         conn, _ = s.accept()
         threading.Thread(target=_drain, args=(conn,), daemon=True).start()
