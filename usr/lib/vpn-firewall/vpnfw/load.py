@@ -17,11 +17,6 @@ OK, KEPT, LOCKDOWN, OPEN = 0, 4, 5, 6
 OUTCOME_EXIT = {"loaded": OK, "kept": KEPT, "lockdown": LOCKDOWN, "open": OPEN}
 
 
-def verify(family: str, rules, printed=None) -> list:
-    """Differences between what the kernel holds and `rules`; empty when they agree."""
-    return differences(kernel.save(family), rules, printed)
-
-
 def differences(dump, rules, printed=None) -> list:
     """Differences between an iptables-save dump and `rules`: policies, jumps, our chains."""
     state = kernel.table_states(dump)
@@ -52,12 +47,16 @@ def differences(dump, rules, printed=None) -> list:
     return problems
 
 
+def _check(dump, rules, printed) -> None:
+    problems = differences(dump, rules, printed)
+    if problems:
+        raise VerifyError("the kernel's rules are not what was loaded: " + "; ".join(problems))
+
+
 def _load_verified(family: str, rules, state: dict) -> None:
     printed = rendered(rules)
     kernel.restore(family, render_load(rules, state, printed))
-    problems = verify(family, rules, printed)
-    if problems:
-        raise VerifyError("the kernel's rules are not what was loaded: " + "; ".join(problems))
+    _check(kernel.save(family), rules, printed)
 
 
 def lockdown(family: str, say) -> str:
@@ -83,10 +82,10 @@ def families() -> list:
     return ["ip", "ip6"] if kernel.ipv6_available() else ["ip"]
 
 
-def _read_state(family: str, say):
+def _read_state(family: str, saving, say):
     """(table states, whether our rules are loaded); unreadable counts as not loaded."""
     try:
-        dump = kernel.save(family)
+        dump = kernel.dump_of(saving)
         return kernel.table_states(dump), kernel.is_loaded(dump)
     except LoadError as e:
         say("error", f"{family}: cannot read the kernel's rules: {e}")
@@ -123,8 +122,8 @@ def _apply(compile_ruleset, say) -> int:
     fams = families()
     if "ip6" not in fams:
         say("notice", "ip6: the kernel has no IPv6 (no /proc/net/if_inet6): IPv6 rules skipped")
-    # The kernel's state is read while the config compiles: both wait on different things.
-    reading = _in_background(lambda: _each_family(fams, lambda family: _read_state(family, say)))
+    # The kernel's state is read while the config compiles: the saves are processes of their own.
+    reading = {f: kernel.start_save(f) for f in fams}
     _warn_other_backend(say)
     try:
         ruleset, problem = compile_ruleset(), None
@@ -132,7 +131,7 @@ def _apply(compile_ruleset, say) -> int:
         problem = str(e)
     except Exception as e:  # a bug must not leave the machine open either
         problem = f"internal error: {e.__class__.__name__}: {e}"
-    read = reading()
+    read = {f: _read_state(f, reading[f], say) for f in fams}
     states = {f: read[f][0] for f in fams}
     loaded = {f: read[f][1] for f in fams}
     if problem is not None:
@@ -140,52 +139,29 @@ def _apply(compile_ruleset, say) -> int:
         outcomes = {f: _keep_or_lockdown(f, loaded[f], say) for f in fams}
         return max(OUTCOME_EXIT[o] for o in outcomes.values())
 
-    def load_family(family):
+    # The families side by side: every restore is started before any is waited for, and
+    # each family's read-back starts as soon as its own restore is done.
+    printed = {f: rendered(ruleset[f]) for f in fams}
+    restoring = {f: kernel.start_restore(f, render_load(ruleset[f], states[f], printed[f])) for f in fams}
+    verifying, outcomes = {}, {}
+    for family in fams:
         try:
-            _load_verified(family, ruleset[family], states[family])
-            return "loaded"
-        except VerifyError as e:
-            say("error", f"{family}: {e}")
-            return lockdown(family, say)
+            kernel.check_restored(restoring[family])
+            verifying[family] = kernel.start_save(family)
         except LoadError as e:  # a failed restore changed nothing
             say("error", f"{family}: {e}")
-            return _keep_or_lockdown(family, loaded[family], say)
-
-    outcomes = _each_family(fams, load_family)
+            outcomes[family] = _keep_or_lockdown(family, loaded[family], say)
+    for family, saving in verifying.items():
+        try:
+            _check(kernel.dump_of(saving), ruleset[family], printed[family])
+            outcomes[family] = "loaded"
+        except VerifyError as e:
+            say("error", f"{family}: {e}")
+            outcomes[family] = lockdown(family, say)
+        except LoadError as e:
+            say("error", f"{family}: {e}")
+            outcomes[family] = _keep_or_lockdown(family, loaded[family], say)
     return max(OUTCOME_EXIT[o] for o in outcomes.values())
-
-
-def _in_background(work):
-    """Start work() in a thread; the returned function waits for its result (or raises)."""
-    import threading
-
-    box = []
-    thread = threading.Thread(target=lambda: box.append(_outcome(work)))
-    thread.start()
-
-    def join():
-        thread.join()
-        if isinstance(box[0], BaseException):
-            raise box[0]
-        return box[0]
-    return join
-
-
-def _outcome(work):
-    try:
-        return work()
-    except BaseException as e:  # handed to whoever waits for it
-        return e
-
-
-def _each_family(fams, work) -> dict:
-    """family -> work(family), the families side by side: they are independent, and the
-    time is spent waiting for iptables-restore and iptables-save."""
-    others = [(f, _in_background(lambda f=f: work(f))) for f in fams[1:]]
-    results = {fams[0]: work(fams[0])}
-    for family, join in others:
-        results[family] = join()
-    return results
 
 
 def _warn_other_backend(say) -> None:
