@@ -1,5 +1,6 @@
 """The command line: check, show, usage and exit codes (the kernel is not touched here)."""
 
+import pytest
 from conftest import SHIPPED_CONFIG, run_loader, write_config
 
 EXAMPLE = "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\nchain OUTPUT daddr 192.0.2.1 proto tcp dport 631 ACCEPT;\n"
@@ -62,3 +63,46 @@ def test_is_configured(tmp_path):
     good = write_config(tmp_path / "c", {"30_user.conf": EXAMPLE})
     out = run_loader(["--config-dir", good, "is-configured"])
     assert out.returncode == 0 and out.stderr == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "a command is needed: start, reload,"),
+    (["frobnicate"], "unknown command 'frobnicate' (commands: start,"),
+    (["--frobnicate", "show"], "unknown option '--frobnicate'"),
+    (["--config-dir"], "--config-dir needs a directory"),
+    (["--config-dir=", "show"], "--config-dir needs a directory"),
+    (["show", "--json"], "show: unknown option '--json'"),
+    (["status", "--force"], "status: unknown option '--force' (options: --json)"),
+    (["check", "extra"], "check: unknown argument 'extra'"),
+])
+def test_usage_errors_say_what_and_exit_2(argv, message):
+    out = run_loader(argv)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("usage: vpn-firewall ")
+    assert f"\nvpn-firewall: error: {message}" in out.stderr
+
+
+def test_version_and_command_help():
+    from vpnfw import VERSION
+
+    out = run_loader(["--version"])
+    assert (out.returncode, out.stdout) == (0, f"vpn-firewall {VERSION}\n")
+    out = run_loader(["unload", "--help"])
+    assert out.returncode == 0
+    assert out.stdout.startswith("usage: vpn-firewall [--config-dir DIR] unload [--force]\n")
+    assert "--force" in out.stdout.split("options:")[1]
+
+
+def test_every_command_has_a_handler_and_a_help_line():
+    from vpnfw import cli, cmdline
+
+    assert list(cli.COMMANDS) == list(cmdline.COMMANDS)
+    text = run_loader(["--help"]).stdout
+    for name in cmdline.COMMANDS:
+        assert f"\n  {name} " in text
+
+
+def test_config_dir_with_equals_sign(tmp_path):
+    conf = write_config(tmp_path / "c", {"30_user.conf": EXAMPLE})
+    out = run_loader([f"--config-dir={conf}", "check"])
+    assert out.returncode == 0, out.stderr

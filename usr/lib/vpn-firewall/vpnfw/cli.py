@@ -1,30 +1,14 @@
-"""The command line: vpn-firewall [--config-dir DIR] {start,reload,check,show,status,unload}."""
+"""The commands: vpn-firewall [--config-dir DIR] COMMAND; see cmdline for the grammar."""
 
-import argparse
-import contextlib
 import os
 import sys
-from typing import NamedTuple
+from collections import namedtuple
 
+from . import cmdline
 from .errors import ConfigError, LoadError
 
 LEVELS = {"error": 3, "warning": 4, "notice": 5, "info": 6}
-DEFAULT_CONFIG_DIR = "/etc/vpn-firewall"
 REFUSED, CONFIG_ERROR = 1, 3
-
-EPILOG = """\
-exit status:
-  0  done: the rules are loaded and verified (check: the config is valid;
-     status: loaded and the same as the config compiles to)
-  1  refused (unload without --force); status: loaded, but not the config's rules;
-     leak-test: something can leave outside the tunnel
-  2  usage error
-  3  the config is invalid (check, show); status: nothing of ours is loaded
-  4  start/reload failed: the rules loaded before stay in force
-  5  start/reload failed: the lockdown ruleset is loaded (all but loopback dropped)
-  6  start/reload failed and even the lockdown could not be loaded
-"""
-
 
 def say(level: str, message: str) -> None:
     """One line to stderr; under systemd with a priority prefix the journal understands."""
@@ -34,9 +18,8 @@ def say(level: str, message: str) -> None:
         sys.stderr.write(f"vpn-firewall: {level}: {message}\n")
 
 
-class Compiled(NamedTuple):
-    ruleset: dict  # family -> rules
-    settings: object
+# ruleset: family -> rules
+Compiled = namedtuple("Compiled", "ruleset settings")
 
 
 def compile_config(config_dir: str, quiet: bool = False) -> "Compiled":
@@ -61,21 +44,24 @@ def compile_config(config_dir: str, quiet: bool = False) -> "Compiled":
     return Compiled(policy.build(pinned, user_rules), settings)
 
 
-@contextlib.contextmanager
-def rules_lock():
+class RulesLock:
     """One vpn-firewall at a time changes the rules (a restart and a reload may overlap)."""
-    import fcntl
 
-    path = os.environ.get("VPN_FIREWALL_LOCK", "/run/vpn-firewall.lock")
-    try:
-        handle = open(path, "a")
-    except OSError as e:
-        say("warning", f"cannot open the lock file {path}: {e.strerror}; going on without it")
-        yield
-        return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    def __enter__(self):
+        import fcntl
+
+        path = os.environ.get("VPN_FIREWALL_LOCK", "/run/vpn-firewall.lock")
+        try:
+            self.handle = open(path, "a")
+        except OSError as e:
+            say("warning", f"cannot open the lock file {path}: {e.strerror}; going on without it")
+            self.handle = None
+            return
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.close()  # closing releases the lock
 
 
 def compiled_or_say(config_dir: str):
@@ -90,7 +76,7 @@ def compiled_or_say(config_dir: str):
 def cmd_start(args) -> int:
     from . import load
 
-    with rules_lock():
+    with RulesLock():
         code = load.apply(lambda: compile_config(args.config_dir).ruleset, say)
     if code == load.OK:
         say("info", f"rules loaded and verified ({', '.join(load.families())})")
@@ -107,7 +93,7 @@ def cmd_refresh(args) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return CONFIG_ERROR
-    with rules_lock():
+    with RulesLock():
         resolved = refresh(settings, say)
         code = load.apply(lambda: compile_config(args.config_dir).ruleset, say)
     return code or resolved
@@ -172,7 +158,7 @@ def cmd_ensure_closed(args) -> int:
 
     if os.environ.get("SERVICE_RESULT", "") == "success":
         return load.OK
-    with rules_lock():
+    with RulesLock():
         return load.close_unloaded(say)
 
 
@@ -196,43 +182,22 @@ def cmd_unload(args) -> int:
                      "Run 'vpn-firewall unload --force' if that is what you want.")
         return REFUSED
     say("warning", "unloading vpn-firewall: from now on traffic is NOT protected by the kill switch")
-    with rules_lock():
+    with RulesLock():
         return load.unload(say)
 
 
-def parser() -> argparse.ArgumentParser:
-    from . import VERSION
-
-    p = argparse.ArgumentParser(
-        prog="vpn-firewall",
-        description="A VPN kill switch: nothing leaves this machine but through the VPN tunnel "
-                    "or to the VPN servers.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
-    p.add_argument("--config-dir", default=os.environ.get("VPN_FIREWALL_CONFIG_DIR", DEFAULT_CONFIG_DIR),
-                   help="read *.conf from DIR (default: %(default)s)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("start", help="compile the config and load it (at boot: lockdown first)").set_defaults(func=cmd_start)
-    sub.add_parser("reload", help="the same as start: the old rules stay if the new config fails").set_defaults(func=cmd_start)
-    sub.add_parser("refresh", help="resolve the host names in $VPN_SERVERS (DNS opened narrowly for it), "
-                   "pin their addresses, reload").set_defaults(func=cmd_refresh)
-    sub.add_parser("check", help="validate the config and the ruleset; the kernel is not touched").set_defaults(func=cmd_check)
-    sub.add_parser("show", help="print the iptables-restore input of both families (dry run)").set_defaults(func=cmd_show)
-    sub.add_parser("is-configured", help="exit 0 if the config is valid and names a VPN server, else 1"
-                   ).set_defaults(func=cmd_is_configured)
-    st = sub.add_parser("status", help="what is loaded, whether it matches the config, what was blocked")
-    st.add_argument("--json", action="store_true", help="the same facts as JSON, for scripts")
-    st.set_defaults(func=cmd_status)
-    sub.add_parser("ensure-closed", help="load the lockdown where nothing of ours is loaded (the unit's "
-                   "ExecStopPost after a failed start); never opens").set_defaults(func=cmd_ensure_closed)
-    sub.add_parser("leak-test", help="try to send outside the tunnel on every interface; exit 0 only if "
-                   "nothing can leave").set_defaults(func=cmd_leak_test)
-    un = sub.add_parser("unload", help="remove the kill switch and OPEN the network (needs --force)")
-    un.add_argument("--force", action="store_true", help="yes, open this machine's network")
-    un.set_defaults(func=cmd_unload)
-    return p
+COMMANDS = {
+    "start": cmd_start,
+    "reload": cmd_start,
+    "refresh": cmd_refresh,
+    "check": cmd_check,
+    "show": cmd_show,
+    "is-configured": cmd_is_configured,
+    "status": cmd_status,
+    "ensure-closed": cmd_ensure_closed,
+    "leak-test": cmd_leak_test,
+    "unload": cmd_unload,
+}
 
 
 def main(argv=None) -> int:
@@ -241,8 +206,11 @@ def main(argv=None) -> int:
     # A short-lived process that builds many small acyclic objects: the cycle collector's
     # passes over them grow with the endpoint count and find nothing.
     gc.disable()
-    args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        args = cmdline.parse(sys.argv[1:] if argv is None else argv)
+    except cmdline.Exit as e:
+        return e.status
+    try:
+        return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130

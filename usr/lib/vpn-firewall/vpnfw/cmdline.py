@@ -1,0 +1,149 @@
+"""The command line's grammar: argv in, the command and its options out; help and usage.
+
+    vpn-firewall [-h] [--version] [--config-dir DIR] COMMAND [OPTION ...]
+
+Hand-written rather than argparse: this runs on the boot path, and argparse (with the
+shutil, gettext and locale it pulls in) costs more to import than a small ruleset takes
+to compile and load. Usage errors exit 2, as argparse's do.
+"""
+
+import os
+import sys
+
+DEFAULT_CONFIG_DIR = "/etc/vpn-firewall"
+USAGE_ERROR = 2
+
+# name -> (help, {option: help}); the order is the order of --help
+COMMANDS = {
+    "start": ("compile the config and load it; a failure keeps the old rules or closes everything", {}),
+    "reload": ("the same as start: the old rules stay if the new config fails", {}),
+    "refresh": ("resolve the host names in $VPN_SERVERS (DNS opened narrowly for it), pin their "
+                "addresses, reload", {}),
+    "check": ("validate the config and the ruleset; the kernel is not touched", {}),
+    "show": ("print the iptables-restore input of both families (dry run)", {}),
+    "is-configured": ("exit 0 if the config is valid and names a VPN server, else 1", {}),
+    "status": ("what is loaded, whether it matches the config, what was blocked",
+               {"--json": "the same facts as JSON, for scripts"}),
+    "ensure-closed": ("load the lockdown where nothing of ours is loaded (the unit's ExecStopPost "
+                      "after a failed start); never opens", {}),
+    "leak-test": ("try to send outside the tunnel on every interface; exit 0 only if nothing can leave", {}),
+    "unload": ("remove the kill switch and OPEN the network (needs --force)",
+               {"--force": "yes, open this machine's network"}),
+}
+
+USAGE = "usage: vpn-firewall [-h] [--version] [--config-dir DIR] COMMAND [OPTION ...]"
+
+EPILOG = """\
+exit status:
+  0  done: the rules are loaded and verified (check: the config is valid;
+     status: loaded and the same as the config compiles to)
+  1  refused (unload without --force); status: loaded, but not the config's rules;
+     leak-test: something can leave outside the tunnel
+  2  usage error
+  3  the config is invalid (check, show); status: nothing of ours is loaded
+  4  start/reload failed: the rules loaded before stay in force
+  5  start/reload failed: the lockdown ruleset is loaded (all but loopback dropped)
+  6  start/reload failed and even the lockdown could not be loaded
+"""
+
+
+class Args:
+    """What the command line asked for: the command, the config dir, the options given."""
+
+    def __init__(self, command: str, config_dir: str, options: frozenset):
+        self.command = command
+        self.config_dir = config_dir
+        self.json = "--json" in options
+        self.force = "--force" in options
+
+
+class Exit(Exception):
+    """Stop here with this status: help and --version (0), usage errors (2)."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+def parse(argv: list) -> Args:
+    """Args, or Exit after printing help, the version or a usage error."""
+    config_dir = os.environ.get("VPN_FIREWALL_CONFIG_DIR", DEFAULT_CONFIG_DIR)
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            _print(main_help())
+            raise Exit(0)
+        if arg == "--version":
+            from . import VERSION
+
+            _print(f"vpn-firewall {VERSION}\n")
+            raise Exit(0)
+        if arg == "--config-dir":
+            if i + 1 == len(argv):
+                _usage_error("--config-dir needs a directory")
+            config_dir, i = argv[i + 1], i + 2
+        elif arg.startswith("--config-dir="):
+            config_dir, i = arg.split("=", 1)[1], i + 1
+        else:
+            _usage_error(f"unknown option {arg!r}")
+        if not config_dir:
+            _usage_error("--config-dir needs a directory")
+    if i == len(argv):
+        _usage_error(f"a command is needed: {', '.join(COMMANDS)}")
+    command, rest = argv[i], argv[i + 1:]
+    if command not in COMMANDS:
+        _usage_error(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
+    known = COMMANDS[command][1]
+    for arg in rest:
+        if arg in ("-h", "--help"):
+            _print(command_help(command))
+            raise Exit(0)
+        if arg not in known:
+            what = "option" if arg.startswith("-") else "argument"
+            _usage_error(f"{command}: unknown {what} {arg!r}" + (f" (options: {', '.join(known)})" if known else ""))
+    return Args(command, config_dir, frozenset(rest))
+
+
+def main_help() -> str:
+    lines = [USAGE, "",
+             "A VPN kill switch: nothing leaves this machine but through the VPN tunnel or to the VPN servers.",
+             "", "commands:"]
+    lines += _columns((name, text) for name, (text, _) in COMMANDS.items())
+    lines += ["", "options:"]
+    lines += _columns([("-h, --help", "show this help and exit (COMMAND --help: that command's)"),
+                       ("--version", "show the version and exit"),
+                       ("--config-dir DIR", f"read *.conf from DIR (default: {DEFAULT_CONFIG_DIR})")])
+    return "\n".join(lines) + "\n\n" + EPILOG
+
+
+def command_help(command: str) -> str:
+    text, options = COMMANDS[command]
+    usage = f"usage: vpn-firewall [--config-dir DIR] {command}" + "".join(f" [{o}]" for o in options)
+    lines = [usage, "", text]
+    if options:
+        lines += ["", "options:"] + _columns(options.items())
+    return "\n".join(lines) + "\n"
+
+
+def _columns(rows) -> list:
+    """Name and text side by side, the text wrapped at 80 columns."""
+    import textwrap  # help only: not on the boot path
+
+    out = []
+    for name, text in rows:
+        head = f"  {name:<18} "
+        if len(head) > 21:  # a long name gets a line of its own
+            out.append(f"  {name}")
+            head = " " * 21
+        out.append(textwrap.fill(text, 80, initial_indent=head, subsequent_indent=" " * 21))
+    return out
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text)
+
+
+def _usage_error(message: str):
+    sys.stderr.write(f"{USAGE}\nvpn-firewall: error: {message}\n")
+    raise Exit(USAGE_ERROR)
