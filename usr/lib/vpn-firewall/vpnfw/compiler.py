@@ -8,7 +8,7 @@ Beyond ferm: a rule with no 'domain' goes to both families, and an address, an I
 type or protocol sends it to its own family only, so one list may mix IPv4 and IPv6.
 """
 
-from typing import NamedTuple, Optional
+from collections import namedtuple
 
 from . import values as V
 from .errors import ConfigError
@@ -37,16 +37,18 @@ NO_INPUT_INTERFACE = ("OUTPUT", "POSTROUTING")
 NO_OUTPUT_INTERFACE = ("INPUT", "PREROUTING")
 
 
-class Scope(NamedTuple):
-    families: frozenset
-    domain: Optional[str]  # the one family a 'domain' keyword named, if only one
-    table: str
-    chain: Optional[str]
-    header: tuple  # (negated, flag, value, pos)
-    matches: tuple  # (module, options, pos)
-    module: Optional[str]
-    proto: Optional[str]
-    proto_negated: bool
+class Scope(namedtuple("Scope", [
+    "families",  # frozenset
+    "domain",  # the one family a 'domain' keyword named, if only one; else None
+    "table",
+    "chain",  # or None
+    "header",  # (negated, flag, value, pos)
+    "matches",  # (module, options, pos)
+    "module",  # or None
+    "proto",  # or None
+    "proto_negated",
+])):
+    __slots__ = ()
 
 
 ROOT = Scope(frozenset(V.FAMILIES), None, "filter", None, (), (), None, None, False)

@@ -7,17 +7,15 @@ afterwards, so they see each variable's final value wherever they stand.
 
 import os
 import stat
-from typing import NamedTuple
+from collections import namedtuple
 
 from .compiler import Variables
 from .errors import ConfigError, Pos
 from .parser import Def, parse
 
 
-class Config(NamedTuple):
-    files: tuple  # paths read, in order
-    variables: Variables
-    statements: tuple  # rule statements of every file, in order
+# files: paths read, in order; variables: Variables; statements: of every file, in order
+Config = namedtuple("Config", "files variables statements")
 
 
 def config_files(directory: str) -> list:

@@ -1,14 +1,12 @@
 """Errors that point at a place in the configuration."""
 
-from typing import NamedTuple
+from collections import namedtuple
 
 
-class Pos(NamedTuple):
+class Pos(namedtuple("Pos", "file line col")):
     """A place in a config file: 1-based line and column."""
 
-    file: str
-    line: int
-    col: int
+    __slots__ = ()
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"

@@ -1,6 +1,6 @@
 """The ruleset as data: what the compiler and the policy produce and the renderer prints."""
 
-from typing import NamedTuple
+from collections import namedtuple
 
 # Built-in chains of each table we may put rules in; ours are named PREFIX + built-in.
 CHAIN_PREFIX = "VPNFW-"
@@ -11,21 +11,16 @@ BUILTIN_CHAINS = {
 LOCKDOWN_COMMENT = "vpn-firewall lockdown"
 
 
-class Rule(NamedTuple):
+class Rule(namedtuple("Rule", "family table chain header matches target target_options", defaults=((),))):
     """One iptables rule, in the order iptables-save prints its parts.
 
+    chain:   a built-in name; rendered into our own chain
     header:  ((negated, flag, value), ...) for -s -d -i -o -p
     matches: ((module, ((negated, option, value_or_None), ...)), ...)
     target_options: ((option, value), ...)
     """
 
-    family: str
-    table: str
-    chain: str  # a built-in name; rendered into our own chain
-    header: tuple
-    matches: tuple
-    target: str
-    target_options: tuple = ()
+    __slots__ = ()
 
 
 def our_chain(builtin: str) -> str:

@@ -13,7 +13,7 @@ interprets keywords (that is the compiler's job), so every error names file:line
 """
 
 import re
-from typing import NamedTuple, Union
+from collections import namedtuple
 
 from .errors import ConfigError, Pos
 
@@ -29,44 +29,24 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 
+# kind: word, string, var, punct, eof; text: strings without their quotes, variables without '$'
+Token = namedtuple("Token", "kind text pos")
 
-class Token(NamedTuple):
-    kind: str  # word, string, var, punct, eof
-    text: str  # strings without their quotes, variables without '$'
-    pos: Pos
+# A word, a quoted string or a variable reference (kind: word, string, var).
+Atom = namedtuple("Atom", "kind text pos")
 
+# items: a tuple of Atom
+ListNode = namedtuple("ListNode", "items pos")
 
-class Atom(NamedTuple):
-    """A word, a quoted string or a variable reference."""
+# a '!' that negates what follows
+Bang = namedtuple("Bang", "pos")
 
-    kind: str  # word, string, var
-    text: str
-    pos: Pos
+# value: an Atom or a ListNode
+Def = namedtuple("Def", "name value pos")
 
-
-class ListNode(NamedTuple):
-    items: tuple  # of Atom
-    pos: Pos
-
-
-class Bang(NamedTuple):
-    pos: Pos
-
-
-Element = Union[Atom, ListNode, Bang]
-
-
-class Def(NamedTuple):
-    name: str
-    value: Union[Atom, ListNode]
-    pos: Pos
-
-
-class Statement(NamedTuple):
-    elements: tuple  # of Element
-    body: Union[tuple, None]  # statements of a '{ }' block, or None for ';'
-    pos: Pos  # where the statement starts
-    end: Pos  # its ';' or '{'
+# elements: of Atom, ListNode, Bang; body: the statements of a '{ }' block, or None for ';';
+# pos: where the statement starts; end: its ';' or '{'
+Statement = namedtuple("Statement", "elements body pos end")
 
 
 def describe(token: Token) -> str:

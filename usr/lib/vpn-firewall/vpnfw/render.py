@@ -6,18 +6,21 @@ the same tables stay, and all of it happens in one transaction per family.
 """
 
 import re
-from typing import NamedTuple
+from collections import namedtuple
 
 from .model import BUILTIN_CHAINS, our_chain
 
 _NO_QUOTES = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-class TableState(NamedTuple):
-    """What the kernel holds of ours in one table, as far as rendering cares."""
+class TableState(namedtuple("TableState", "jumps chains")):
+    """What the kernel holds of ours in one table, as far as rendering cares.
 
-    jumps: dict  # built-in chain -> how many jumps to our chain it has
-    chains: frozenset  # our chains that exist
+    jumps:  built-in chain -> how many jumps to our chain it has
+    chains: frozenset of our chains that exist
+    """
+
+    __slots__ = ()
 
 
 NOTHING = TableState({}, frozenset())

@@ -3,7 +3,7 @@
 The defaults here are the ones 10_default.conf documents; a test keeps the two equal.
 """
 
-from typing import NamedTuple, Optional
+from collections import namedtuple
 
 from . import values as V
 from .errors import ConfigError
@@ -12,20 +12,22 @@ DEFAULT_LAN_NETS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.
                     "fc00::/7", "fe80::/10")
 
 
-class Settings(NamedTuple):
-    vpn_servers: tuple  # of values.Endpoint
-    vpn_interfaces: tuple  # of interface names
-    vpn_user: Optional[str]  # uid, as a number
-    vpn_group: Optional[str]  # gid, as a number
-    allow_lan: bool
-    lan_nets: tuple  # of (family, net)
-    allow_dhcp: bool
-    dns_servers: Optional[tuple]  # of (family, net); None: DNS through the tunnel to anyone
-    allow_incoming_vpn: bool
-    log_blocked: bool
-    gateway_interfaces: tuple  # internal interfaces whose clients are routed through the tunnel
-    gateway_masquerade: bool
-    gateway_masquerade6: bool
+class Settings(namedtuple("Settings", [
+    "vpn_servers",  # of values.Endpoint
+    "vpn_interfaces",  # of interface names
+    "vpn_user",  # uid, as a number, or None
+    "vpn_group",  # gid, as a number, or None
+    "allow_lan",
+    "lan_nets",  # of (family, net)
+    "allow_dhcp",
+    "dns_servers",  # of (family, net); None: DNS through the tunnel to anyone
+    "allow_incoming_vpn",
+    "log_blocked",
+    "gateway_interfaces",  # internal interfaces whose clients are routed through the tunnel
+    "gateway_masquerade",
+    "gateway_masquerade6",
+])):
+    __slots__ = ()
 
 
 def _list(name, atoms, parse):

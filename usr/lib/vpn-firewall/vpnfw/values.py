@@ -7,8 +7,11 @@ newlines or option-like words).
 
 import os
 import re
-import socket
-from typing import NamedTuple, Optional
+from collections import namedtuple
+
+# socket's C module: socket.py builds enums of every constant at import, on the boot path.
+import _socket
+
 
 from .errors import ConfigError
 
@@ -57,15 +60,12 @@ _PORT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _NAME = re.compile(r"^[a-z_][a-z0-9_.-]*\$?$")
 
 
-class Endpoint(NamedTuple):
+class Endpoint(namedtuple("Endpoint", "family net port proto host", defaults=(None,))):
     """A VPN server: an address or network, optionally one port and protocol; or a host
-    name, which stands for the addresses `vpn-firewall refresh` pinned for it."""
+    name, which stands for the addresses `vpn-firewall refresh` pinned for it.
+    Every field may be None; net is canonical, with its prefix length."""
 
-    family: Optional[str]
-    net: Optional[str]  # canonical, with prefix length
-    port: Optional[str]
-    proto: Optional[str]
-    host: Optional[str] = None
+    __slots__ = ()
 
 
 # RFC 1123 names; the last label must hold a letter, so that '198.51.100.' is no name.
@@ -83,9 +83,9 @@ def address(atom) -> tuple:
     inet_pton/inet_ntop: strict parsing, and the very spelling iptables-save prints."""
     text = atom.text
     addr, slash, length = text.partition("/")
-    family, af, bits = (IP6, socket.AF_INET6, 128) if ":" in addr else (IP, socket.AF_INET, 32)
+    family, af, bits = (IP6, _socket.AF_INET6, 128) if ":" in addr else (IP, _socket.AF_INET, 32)
     try:
-        packed = socket.inet_pton(af, addr)
+        packed = _socket.inet_pton(af, addr)
     except OSError:
         raise ConfigError(atom.pos, f"expected an address, got {text!r}") from None
     if slash:
@@ -97,7 +97,7 @@ def address(atom) -> tuple:
             packed = value.to_bytes(bits // 8, "big")
     else:
         prefix = bits
-    return family, f"{socket.inet_ntop(af, packed)}/{prefix}"
+    return family, f"{_socket.inet_ntop(af, packed)}/{prefix}"
 
 
 # The usual forms, 198.51.100.7:1194/udp and [2001:db8::7]:1194/udp, take a short cut:
@@ -110,9 +110,9 @@ def endpoint(atom) -> Endpoint:
     m = _PLAIN_ENDPOINT.match(atom.text)
     if m and int(m.group(3)) < 65536:
         v4, v6, port, proto = m.groups()
-        af, family, bits = (socket.AF_INET, IP, 32) if v4 else (socket.AF_INET6, IP6, 128)
+        af, family, bits = (_socket.AF_INET, IP, 32) if v4 else (_socket.AF_INET6, IP6, 128)
         try:
-            canonical = socket.inet_ntop(af, socket.inet_pton(af, v4 or v6))
+            canonical = _socket.inet_ntop(af, _socket.inet_pton(af, v4 or v6))
             return Endpoint(family, f"{canonical}/{bits}", port, proto)
         except OSError:
             pass  # the general way says what is wrong
@@ -181,7 +181,7 @@ class Services:
         self.path = path
         self._ports = None
 
-    def lookup(self, name: str, proto: str) -> Optional[int]:
+    def lookup(self, name: str, proto: str) -> int | None:
         if self._ports is None:
             self._ports = _read_services(self.path)
         return self._ports.get((name, proto))
