@@ -75,20 +75,27 @@ def _endpoint_rules(family, settings):
     return out
 
 
-def _dns_rules(family, settings):
+def _dns_refusals(family, header=()):
+    return [
+        _rule(family, "OUTPUT", header + (_h("-p", "udp"),), UDP_DNS, "REJECT",
+              (("--reject-with", _PORT_UNREACHABLE[family]),)),
+        _rule(family, "OUTPUT", header + (_h("-p", "tcp"),), TCP_DNS, "REJECT", (("--reject-with", "tcp-reset"),)),
+    ]
+
+
+def _tunnel_rules(family, settings):
+    """Everything into the tunnel, DNS only to $DNS_SERVERS when it names any."""
     out = []
     servers = None
     if settings.dns_servers is not None:
         servers = [net for fam, net in settings.dns_servers if fam == family]
     for iface in settings.vpn_interfaces:
-        for dst in (servers if servers is not None else [None]):
-            for proto, match in (("udp", UDP_DNS), ("tcp", TCP_DNS)):
-                header = ((_h("-d", dst),) if dst else ()) + (_h("-o", iface), _h("-p", proto))
-                out.append(_rule(family, "OUTPUT", header, match))
-    # Any other DNS is refused here, before the LAN allowance could let it out.
-    out.append(_rule(family, "OUTPUT", (_h("-p", "udp"),), UDP_DNS, "REJECT",
-                     (("--reject-with", _PORT_UNREACHABLE[family]),)))
-    out.append(_rule(family, "OUTPUT", (_h("-p", "tcp"),), TCP_DNS, "REJECT", (("--reject-with", "tcp-reset"),)))
+        if servers is not None:
+            for dst in servers:
+                for proto, match in (("udp", UDP_DNS), ("tcp", TCP_DNS)):
+                    out.append(_rule(family, "OUTPUT", (_h("-d", dst), _h("-o", iface), _h("-p", proto)), match))
+            out += _dns_refusals(family, (_h("-o", iface),))
+        out.append(_rule(family, "OUTPUT", (_h("-o", iface),)))
     return out
 
 
@@ -112,9 +119,13 @@ def _lan_rules(family, chain, settings):
 def output_chain(family, settings, user):
     rules = [_rule(family, "OUTPUT", (_h("-o", "lo"),))]
     rules += user
+    # The tunnel before the servers: its packets are most of the traffic, and so need not
+    # pass a long list of servers on their way.
+    rules += _tunnel_rules(family, settings)
     rules += _endpoint_rules(family, settings)
-    rules += _dns_rules(family, settings)
-    rules += [_rule(family, "OUTPUT", (_h("-o", iface),)) for iface in settings.vpn_interfaces]
+    # Any other DNS is refused here, after the servers (some listen on port 53), before the
+    # LAN allowance could let it out.
+    rules += _dns_refusals(family)
     # the internal network of gateway mode is trusted like the tunnel: it is not the outside
     rules += [_rule(family, "OUTPUT", (_h("-o", iface),)) for iface in settings.gateway_interfaces]
     if settings.allow_dhcp:
