@@ -122,7 +122,8 @@ def test_status_reports_loaded_changed_and_not_loaded(tmp_path, netns, backend):
     write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE + "chain OUTPUT daddr 192.0.2.7 DROP;\n"})
     out = run_loader(["--config-dir", conf, "status"], env=env, netns=ns.name)
     assert out.returncode == 1
-    assert "config on disk has changed" in out.stdout
+    assert "ip: loaded, but not what the config compiles to (filter chain VPNFW-OUTPUT differs at rule " in out.stdout
+    assert "expected '-A VPNFW-OUTPUT -d 192.0.2.7/32 -j DROP'" in out.stdout
     assert "tun7 (down)" in out.stdout
     assert "ip: blocked packets: INPUT 0, FORWARD 0, OUTPUT 1" in out.stdout
 

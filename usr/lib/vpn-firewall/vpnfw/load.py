@@ -10,7 +10,8 @@ policies are set to DROP one by one.
 from . import kernel, policy
 from .errors import ConfigError, LoadError, VerifyError
 from .model import BUILTIN_CHAINS, LOCKDOWN_COMMENT, our_chain
-from .render import chains_of, expected_lines, jump_line, render_load, render_unload, rendered, tables_used
+from .render import (chains_declared, chains_of, expected_lines, jump_line, render_load, render_unload,
+                     rendered, tables_used)
 
 # Exit codes, worst last; documented in vpn-firewall(8).
 OK, KEPT, LOCKDOWN, OPEN = 0, 4, 5, 6
@@ -34,6 +35,8 @@ def differences(dump, rules, printed=None) -> list:
                 problems.append(f"{table} {builtin} does not jump to {mine} first")
             elif chain_rules.count(jump_line(builtin)) != 1:
                 problems.append(f"{table} {builtin} jumps to {mine} more than once")
+        declared = chains_declared(table, rules, state)
+        for mine in declared:
             got, want = lines.get(mine), expected.get(mine, [])
             if got is None:
                 problems.append(f"{table} chain {mine} is missing")
@@ -44,6 +47,7 @@ def differences(dump, rules, printed=None) -> list:
                     f"{got[first] if first < len(got) else 'nothing'!r}, expected "
                     f"{want[first] if first < len(want) else 'nothing'!r}"
                 )
+        problems += [f"{table} chain {c} should not be there" for c in sorted(state[table].chains - set(declared))]
     return problems
 
 

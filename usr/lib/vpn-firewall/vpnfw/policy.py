@@ -8,7 +8,7 @@ tunnel must not leave by another interface.
 """
 
 from . import values as V
-from .model import LOCKDOWN_COMMENT, Rule
+from .model import LOCKDOWN_COMMENT, Rule, our_chain
 
 UDP_DNS = (("udp", ((False, "--dport", "53"),)),)
 TCP_DNS = (("tcp", ((False, "--dport", "53"),)),)
@@ -21,6 +21,10 @@ NDP_OUT = ("133", "135", "136")  # router and neighbour solicitation, neighbour 
 NDP_IN = ("134", "135", "136")  # router advertisement, neighbour solicitation and advertisement
 MLD_REPORT = "143"
 HOP_LIMIT_255 = ("hl", ((False, "--hl-eq", "255"),))  # only on-link senders can send these
+# Longer server lists are split into chains of about sqrt(n) rules each, entered by address
+# range: a packet to a server then passes about 2*sqrt(n) rules instead of up to n.
+SERVER_LIST_SPLIT = 32
+SERVER_CHAIN = "SERVERS-"
 
 
 def _rule(family, chain, header=(), matches=(), target="ACCEPT", options=()):
@@ -116,13 +120,36 @@ def _lan_rules(family, chain, settings):
     return out
 
 
+def _split_server_list(family, rules):
+    """(rules for OUTPUT, rules of the server chains): the list as is when it is short;
+    else sorted by address into chains, each reached by one iprange jump covering its rules.
+    Every server rule accepts, so a packet is accepted iff some rule matches it, wherever
+    that rule stands: the split changes the cost of a verdict, never the verdict."""
+    ranged = [(V.net_bounds(r.header[0][2]), r) for r in rules if r.header and r.header[0][1] == "-d"]
+    if len(ranged) <= SERVER_LIST_SPLIT:
+        return rules, []
+    ranged.sort(key=lambda item: item[0])
+    size = max(SERVER_LIST_SPLIT, int(len(ranged) ** 0.5) + 1)
+    jumps, chains = [r for r in rules if not (r.header and r.header[0][1] == "-d")], []
+    for number, start in enumerate(range(0, len(ranged), size), 1):
+        group = ranged[start:start + size]
+        first = min(bounds[0] for bounds, _ in group)
+        last = max(bounds[1] for bounds, _ in group)
+        span = f"{V.address_text(family, first)}-{V.address_text(family, last)}"
+        chain = f"{SERVER_CHAIN}{number}"
+        jumps.append(_rule(family, "OUTPUT", (), (("iprange", ((False, "--dst-range", span),)),), our_chain(chain)))
+        chains += [r._replace(chain=chain) for _, r in group]
+    return jumps, chains
+
+
 def output_chain(family, settings, user):
     rules = [_rule(family, "OUTPUT", (_h("-o", "lo"),))]
     rules += user
     # The tunnel before the servers: its packets are most of the traffic, and so need not
     # pass a long list of servers on their way.
     rules += _tunnel_rules(family, settings)
-    rules += _endpoint_rules(family, settings)
+    servers, server_chains = _split_server_list(family, _endpoint_rules(family, settings))
+    rules += servers
     # Any other DNS is refused here, after the servers (some listen on port 53), before the
     # LAN allowance could let it out.
     rules += _dns_refusals(family)
@@ -139,7 +166,7 @@ def output_chain(family, settings, user):
         rules += _lan_rules(family, "OUTPUT", settings)
     if settings.log_blocked:
         rules.append(_log(family, "OUTPUT", "out"))
-    return rules + _reject_all(family, "OUTPUT")
+    return rules + _reject_all(family, "OUTPUT") + server_chains
 
 
 def input_chain(family, settings, user):

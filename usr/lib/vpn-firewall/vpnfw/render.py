@@ -86,6 +86,15 @@ def expected_lines(lines, table: str) -> dict:
     return out
 
 
+def chains_declared(table: str, rules, state: dict) -> list:
+    """Our chains in a table: one per built-in that gets one, then the server chains."""
+    ours = [our_chain(c) for c in chains_of(table, rules, state)]
+    for r in rules:
+        if r.table == table and r.chain not in BUILTIN_CHAINS[table] and our_chain(r.chain) not in ours:
+            ours.append(our_chain(r.chain))
+    return ours
+
+
 def render_load(rules, state: dict, lines=None) -> str:
     """The restore input that makes the kernel hold exactly `rules` in our chains."""
     printed = lines if lines is not None else rendered(rules)
@@ -93,14 +102,17 @@ def render_load(rules, state: dict, lines=None) -> str:
     for table in tables_used(rules, state):
         ts = state.get(table, NOTHING)
         builtins = chains_of(table, rules, state)
+        declared = chains_declared(table, rules, state)
+        stale = sorted(ts.chains - set(declared))  # server chains a longer list needed before
         lines.append(f"*{table}")
         if table == "filter":
             lines += [f":{c} DROP [0:0]" for c in builtins]
-        lines += [f":{our_chain(c)} - [0:0]" for c in builtins]  # declaring flushes it
+        lines += [f":{c} - [0:0]" for c in declared + stale]  # declaring flushes it
         for c in builtins:
             lines += [f"-D {c} -j {our_chain(c)}"] * ts.jumps.get(c, 0)
             lines.append(f"-I {c} 1 -j {our_chain(c)}")
         lines += [line for r, line in printed if r.table == table]
+        lines += [f"-X {c}" for c in stale]  # no longer jumped to: our chains were flushed above
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -116,8 +128,8 @@ def render_unload(state: dict) -> str:
             lines += [f":{c} ACCEPT [0:0]" for c in BUILTIN_CHAINS["filter"]]
         for c in BUILTIN_CHAINS[table]:
             lines += [f"-D {c} -j {our_chain(c)}"] * ts.jumps.get(c, 0)
-        for c in BUILTIN_CHAINS[table]:
-            if our_chain(c) in ts.chains:
-                lines += [f":{our_chain(c)} - [0:0]", f"-X {our_chain(c)}"]
+        ours = sorted(ts.chains)
+        lines += [f":{c} - [0:0]" for c in ours]  # all emptied first: ours jump to each other
+        lines += [f"-X {c}" for c in ours]
         lines.append("COMMIT")
     return "\n".join(lines) + "\n"

@@ -106,7 +106,8 @@ def gather(config_dir: str, compile_config) -> dict:
             code = max(code, NOT_LOADED)
             continue
         entry["state"] = "lockdown" if load.is_lockdown(dump) else "loaded"
-        entry["in_sync"] = compiled is not None and not load.differences(dump, compiled.ruleset[family])
+        entry["differences"] = load.differences(dump, compiled.ruleset[family]) if compiled is not None else []
+        entry["in_sync"] = compiled is not None and not entry["differences"]
         if entry["state"] == "lockdown" or not entry["in_sync"]:
             code = max(code, DIFFERENT)
         per_chain, per_rule = blocked(dump)
@@ -140,7 +141,9 @@ def show(facts) -> None:
         elif entry["in_sync"]:
             text = "loaded, the same as the config compiles to"
         else:
-            text = "loaded, but the config on disk has changed since: run 'vpn-firewall reload'"
+            first, more = entry["differences"][0], len(entry["differences"]) - 1
+            text = (f"loaded, but not what the config compiles to ({first}{f', and {more} more' if more else ''}): "
+                    "the config changed since, or something else changed the rules; run 'vpn-firewall reload'")
         print(f"{family}: {text}")
         print(f"{family}: blocked packets: " + ", ".join(f"{c} {n}" for c, n in entry["blocked"].items()))
         for rule in entry["blocked_rules"]:

@@ -100,6 +100,20 @@ def address(atom) -> tuple:
     return family, f"{_socket.inet_ntop(af, packed)}/{prefix}"
 
 
+def net_bounds(net: str) -> tuple:
+    """A canonical 'addr/len' as (first, last) addresses, numbers that sort in address order."""
+    addr, _, length = net.partition("/")
+    af, bits = (_socket.AF_INET6, 128) if ":" in addr else (_socket.AF_INET, 32)
+    first = int.from_bytes(_socket.inet_pton(af, addr), "big")
+    return first, first | ((1 << (bits - int(length))) - 1)
+
+
+def address_text(family: str, number: int) -> str:
+    """The address `number` in the spelling iptables-save prints."""
+    af, size = (_socket.AF_INET6, 16) if family == IP6 else (_socket.AF_INET, 4)
+    return _socket.inet_ntop(af, number.to_bytes(size, "big"))
+
+
 # The usual forms, 198.51.100.7:1194/udp and [2001:db8::7]:1194/udp, take a short cut:
 # providers list thousands. Anything else, and every error, goes the general way.
 _PLAIN_ENDPOINT = re.compile(r"^(?:([0-9.]+)|\[([0-9A-Fa-f:]+)\]):([1-9][0-9]{0,4})/(udp|tcp)$")
