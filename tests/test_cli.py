@@ -1,7 +1,10 @@
 """The command line: check, show, usage and exit codes (the kernel is not touched here)."""
 
+import subprocess
+import sys
+
 import pytest
-from conftest import SHIPPED_CONFIG, run_loader, write_config
+from conftest import LOADER, SHIPPED_CONFIG, run_loader, write_config
 
 EXAMPLE = "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\nchain OUTPUT daddr 192.0.2.1 proto tcp dport 631 ACCEPT;\n"
 
@@ -106,3 +109,11 @@ def test_config_dir_with_equals_sign(tmp_path):
     conf = write_config(tmp_path / "c", {"30_user.conf": EXAMPLE})
     out = run_loader([f"--config-dir={conf}", "check"])
     assert out.returncode == 0, out.stderr
+
+
+def test_show_into_a_pipe_closed_early_is_quiet(tmp_path):
+    conf = write_config(tmp_path / "c", {"30_user.conf": EXAMPLE})
+    # 'true' is gone before the loader writes: 'vpn-firewall show | head' at its worst
+    out = subprocess.run(f"{sys.executable} {LOADER} --config-dir {conf} show | true; echo ${{PIPESTATUS[0]}}",
+                         shell=True, executable="/bin/bash", capture_output=True, text=True)
+    assert (out.stdout, out.stderr) == ("0\n", "")

@@ -21,6 +21,8 @@ VALID = [
     "@def $DNS_SERVERS = (10.8.0.1);\n@def $H = (192.0.2.1 2001:db8::1);\n"
     "chain OUTPUT daddr $H proto udp sport 1000:2000 dport ! 53 REJECT;\n"
     "domain ip chain OUTPUT proto icmp icmp-type echo-request mod comment comment \"ok\" ACCEPT;\n",
+    # long enough to be split into server chains
+    "@def $VPN_SERVERS = (" + " ".join(f"198.51.100.{i}:1194/udp [2001:db8::{i:x}]:443" for i in range(40)) + ");\n",
 ]
 VOCABULARY = [
     "@def", "$VPN_SERVERS", "$X", "=", ";", "(", ")", "{", "}", "!", "chain", "INPUT", "OUTPUT", "FORWARD",
@@ -32,7 +34,8 @@ VOCABULARY = [
     "53", "1:2", "ssh", "yes", "no", "$ALLOW_LAN", "$LAN_NETS", "#", "\n", "-j", "--dport", "\"\n", "'",
 ]
 ERROR = re.compile(r"^/[^:]+\.conf:\d+:\d+: \S")
-SAFE_LINE = re.compile(r'^(-[AID] [A-Z]+[- ]?[A-Z-]*( [!\w./:,+-]+| "[\w .,:;/@+=()\[\]-]*")*|:[A-Z-]+ [A-Z-]+ \[0:0\]|\*(filter|nat)|COMMIT)$')
+SAFE_LINE = re.compile(r'^(-[AIDX] [A-Z]+[- ]?[A-Z0-9-]*( [!\w./:,+-]+| "[\w .,:;/@+=()\[\]-]*")*'
+                       r'|:[A-Z0-9-]+ [A-Z-]+ \[0:0\]|\*(filter|nat)|COMMIT)$')
 
 
 def check(tmp_path, text):
