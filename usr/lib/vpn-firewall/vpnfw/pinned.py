@@ -6,7 +6,6 @@ moment it takes, and writes the addresses to /var/lib/vpn-firewall/pinned.json; 
 uses the addresses pinned last.
 """
 
-import json
 import os
 import time
 
@@ -22,6 +21,8 @@ def state_file() -> str:
 
 def read_pins() -> dict:
     """name -> {"addresses": [...], "resolved": unix time}; empty when never refreshed."""
+    import json  # only with host names: not on every boot's path
+
     try:
         with open(state_file()) as f:
             pins = json.load(f)
@@ -121,6 +122,8 @@ def refresh(settings, say) -> int:
 
 
 def _write(pins: dict) -> None:
+    import json
+
     path = state_file()
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     tmp = path + ".tmp"
