@@ -4,6 +4,7 @@ time one step and report the peak memory of what it ran, as JSON.
     in_fresh_netns.py start CONFDIR          vpn-firewall start, as a whole process
     in_fresh_netns.py restore V4FILE V6FILE  bare iptables-restore + ip6tables-restore
     in_fresh_netns.py ferm FERMFILE          ferm loading an equivalent file
+    in_fresh_netns.py save                   one iptables-save (the read-back's floor)
 """
 
 import json
@@ -35,6 +36,8 @@ if __name__ == "__main__":
     elif mode == "restore":
         result = timed([(["iptables-restore", "--noflush"], sys.argv[2]),
                         (["ip6tables-restore", "--noflush"], sys.argv[3])])
+    elif mode == "save":
+        result = timed([(["iptables-save"], None)])
     elif mode == "ferm":
         result = timed([(["ferm", sys.argv[2]], None)])
     else:
