@@ -95,6 +95,10 @@ def _tunnel_rules(family, settings):
         servers = [net for fam, net in settings.dns_servers if fam == family]
     for iface in settings.vpn_interfaces:
         if servers is not None:
+            # the bulk (tcp and udp not to port 53) first, so that it need not pass the DNS rules
+            for proto in ("tcp", "udp"):
+                out.append(_rule(family, "OUTPUT", (_h("-o", iface), _h("-p", proto)),
+                                 ((proto, ((True, "--dport", "53"),)),)))
             for dst in servers:
                 for proto, match in (("udp", UDP_DNS), ("tcp", TCP_DNS)):
                     out.append(_rule(family, "OUTPUT", (_h("-d", dst), _h("-o", iface), _h("-p", proto)), match))
@@ -172,8 +176,9 @@ def output_chain(family, settings, user):
 def input_chain(family, settings, user):
     rules = [_rule(family, "INPUT", (_h("-i", "lo"),))]
     rules += user
-    rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "INVALID"),)),), "DROP"))
+    # replies first: most packets; no packet is both a reply and INVALID
     rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "RELATED,ESTABLISHED"),)),)))
+    rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "INVALID"),)),), "DROP"))
     if settings.allow_dhcp:
         client, server = DHCP_OUT[family]
         rules.append(_rule(family, "INPUT", (_h("-p", "udp"),), _ports("udp", server, client)))
