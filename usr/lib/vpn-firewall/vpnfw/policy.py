@@ -21,9 +21,12 @@ NDP_OUT = ("133", "135", "136")  # router and neighbour solicitation, neighbour 
 NDP_IN = ("134", "135", "136")  # router advertisement, neighbour solicitation and advertisement
 MLD_REPORT = "143"
 HOP_LIMIT_255 = ("hl", ((False, "--hl-eq", "255"),))  # only on-link senders can send these
-# Longer server lists are split into chains of about sqrt(n) rules each, entered by address
-# range: a packet to a server then passes about 2*sqrt(n) rules instead of up to n.
+# Up to SERVER_LIST_SPLIT server rules per family stay one list, as written. A longer list
+# becomes a tree of chains entered by address range: at most SERVER_FANOUT jumps in a chain,
+# at most SERVER_LIST_SPLIT servers in a leaf. A packet to a server then passes some tens
+# of rules instead of up to n (5,000 servers: about 30), and the chains stay few.
 SERVER_LIST_SPLIT = 32
+SERVER_FANOUT = 16
 SERVER_CHAIN = "SERVERS-"
 
 
@@ -125,24 +128,38 @@ def _lan_rules(family, chain, settings):
 
 
 def _split_server_list(family, rules):
-    """(rules for OUTPUT, rules of the server chains): the list as is when it is short;
-    else sorted by address into chains, each reached by one iprange jump covering its rules.
-    Every server rule accepts, so a packet is accepted iff some rule matches it, wherever
-    that rule stands: the split changes the cost of a verdict, never the verdict."""
+    """(rules for OUTPUT, rules of the server chains): the list as is when it is short,
+    else a tree of chains by address. Every server rule accepts, so a packet is accepted
+    iff some rule matches it, wherever that rule stands: the tree changes the cost of a
+    verdict, never the verdict."""
     ranged = [(V.net_bounds(r.header[0][2]), r) for r in rules if r.header and r.header[0][1] == "-d"]
     if len(ranged) <= SERVER_LIST_SPLIT:
         return rules, []
     ranged.sort(key=lambda item: item[0])
-    size = max(SERVER_LIST_SPLIT, int(len(ranged) ** 0.5) + 1)
-    jumps, chains = [r for r in rules if not (r.header and r.header[0][1] == "-d")], []
+    others = [r for r in rules if not (r.header and r.header[0][1] == "-d")]
+    jumps, chains = _server_tree(family, ranged, SERVER_CHAIN)
+    return others + jumps, chains
+
+
+def _server_tree(family, ranged, prefix):
+    """(iprange jumps into chains prefix1, prefix2..., the rules of those chains): the
+    sorted list cut into at most SERVER_FANOUT runs, each cut again while it is longer
+    than SERVER_LIST_SPLIT."""
+    count = min(SERVER_FANOUT, -(-len(ranged) // SERVER_LIST_SPLIT))
+    size = -(-len(ranged) // count)
+    jumps, chains = [], []
     for number, start in enumerate(range(0, len(ranged), size), 1):
         group = ranged[start:start + size]
+        chain = f"{prefix}{number}"
         first = min(bounds[0] for bounds, _ in group)
         last = max(bounds[1] for bounds, _ in group)
         span = f"{V.address_text(family, first)}-{V.address_text(family, last)}"
-        chain = f"{SERVER_CHAIN}{number}"
         jumps.append(_rule(family, "OUTPUT", (), (("iprange", ((False, "--dst-range", span),)),), our_chain(chain)))
-        chains += [r._replace(chain=chain) for _, r in group]
+        if len(group) <= SERVER_LIST_SPLIT:
+            chains += [r._replace(chain=chain) for _, r in group]
+        else:
+            inner_jumps, inner_chains = _server_tree(family, group, f"{chain}-")
+            chains += [r._replace(chain=chain) for r in inner_jumps] + inner_chains
     return jumps, chains
 
 
