@@ -25,7 +25,7 @@ ROOT = os.path.dirname(HERE)
 LOADER = os.path.join(ROOT, "usr", "lib", "vpn-firewall", "vpn-firewall")
 HARNESS = os.path.join(HERE, "in_fresh_netns.py")
 SIZES = [1, 100, 1000, 5000, 10000]
-RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+RUNS = int(os.environ.get("BENCH_RUNS", "9"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
 
@@ -174,7 +174,7 @@ def throughput(workdir):
                        stdout=subprocess.DEVNULL)
         time.sleep(0.5)
         names = list(conditions)
-        for round_ in range(RUNS + 6):
+        for round_ in range(RUNS + 2):
             for name in names[round_ % len(names):] + names[:round_ % len(names)]:
                 load, unload = conditions[name]
                 load()

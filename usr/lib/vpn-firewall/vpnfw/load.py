@@ -143,10 +143,12 @@ def _apply(compile_ruleset, say) -> int:
         outcomes = {f: _keep_or_lockdown(f, loaded[f], say) for f in fams}
         return max(OUTCOME_EXIT[o] for o in outcomes.values())
 
-    # The families side by side: every restore is started before any is waited for, and
-    # each family's read-back starts as soon as its own restore is done.
-    printed = {f: rendered(ruleset[f]) for f in fams}
-    restoring = {f: kernel.start_restore(f, render_load(ruleset[f], states[f], printed[f])) for f in fams}
+    # The families side by side: each restore starts as soon as its text is printed, every
+    # one before any is waited for; each read-back as soon as its own restore is done.
+    printed, restoring = {}, {}
+    for family in fams:
+        printed[family] = rendered(ruleset[family])
+        restoring[family] = kernel.start_restore(family, render_load(ruleset[family], states[family], printed[family]))
     verifying, outcomes = {}, {}
     for family in fams:
         try:
