@@ -106,6 +106,25 @@ def test_failing_iptables_restore_on_reload_keeps_the_old_rules(tmp_path, netns)
     assert rules_of(ns.save("ip")) == before
 
 
+def test_rules_that_cannot_be_read_back_after_loading_give_the_lockdown(tmp_path, netns):
+    ns = netns("noreadback")
+    conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
+    assert run_loader(["--config-dir", conf, "start"], netns=ns.name).returncode == 0
+    write_config(tmp_path / "conf", {"30_user.conf": GOOD + "chain OUTPUT daddr 192.0.2.1 ACCEPT;\n"})
+    # on reload, iptables-save answers once (the state before loading), then fails: the
+    # restore went through, but nothing can tell what it left, so "the old rules stay" would
+    # be a guess
+    env = stand_in(tmp_path, "save", f'count={tmp_path}/$(basename "$0").count\n'
+                   'n=$(cat "$count" 2>/dev/null || echo 0); echo $((n + 1)) > "$count"\n'
+                   '[ "$n" -ge 1 ] && { echo "stand-in: cannot read" >&2; exit 1; }\nexec REAL "$@"\n')
+    out = run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name)
+    assert out.returncode == 5, out.stderr
+    assert "ip: cannot read the rules back after loading them: iptables-save failed: stand-in: cannot read" in out.stderr
+    assert "ip: LOCKDOWN by policy" in out.stderr
+    assert_policies_drop(ns, "ip")
+    assert_policies_drop(ns, "ip6")
+
+
 def test_restore_that_loads_something_else_is_caught_and_locked_down(tmp_path, netns):
     ns = netns("liar")
     conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})

@@ -164,9 +164,9 @@ def _apply(compile_ruleset, say) -> int:
         except VerifyError as e:
             say("error", f"{family}: {e}")
             outcomes[family] = lockdown(family, say)
-        except LoadError as e:
-            say("error", f"{family}: {e}")
-            outcomes[family] = _keep_or_lockdown(family, loaded[family], say)
+        except LoadError as e:  # the restore went through, but what it left cannot be told
+            say("error", f"{family}: cannot read the rules back after loading them: {e}")
+            outcomes[family] = lockdown(family, say)
     return max(OUTCOME_EXIT[o] for o in outcomes.values())
 
 
