@@ -11,6 +11,7 @@ shutil would cost more to import than most rulesets take to compile.)
 """
 
 import os
+import select
 from collections import namedtuple
 
 from .errors import LoadError
@@ -112,14 +113,12 @@ class Running:
             pidfd = os.pidfd_open(self.pid)
         except OSError:  # a kernel before 5.3: wait without a time limit
             return os.waitpid(self.pid, 0)[1]
-        import select
-
         try:
             ready, _, _ = select.select([pidfd], [], [], timeout)
         finally:
             os.close(pidfd)
         if not ready:
-            import signal
+            import signal  # only here: signal.py builds enums at import
 
             os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
