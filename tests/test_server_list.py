@@ -4,13 +4,14 @@ Real packets in a namespace of our own: a TCP connect to an accepted address lea
 SYN and waits; one the policy refuses gets our tcp-reset at once.
 """
 
+import ipaddress
+import random
 import sys
 
 import pytest
 
 from conftest import backend_path, needs_root, rules_of, run_loader, write_config
 
-pytestmark = needs_root
 BACKENDS = ["nft", "legacy"]
 
 # the servers: every third address of two /24s (so that neighbours lie inside the ranges),
@@ -56,6 +57,7 @@ def with_a_way_out(ns):
           " && ip -6 addr add 2001:db8:ffff::1/64 dev v0 nodad && ip -6 route add default dev v0")
 
 
+@needs_root
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_long_list_is_split_and_passes_exactly_the_servers(tmp_path, netns, backend):
     env = {"PATH": backend_path(tmp_path, backend)}
@@ -78,6 +80,7 @@ def test_a_long_list_is_split_and_passes_exactly_the_servers(tmp_path, netns, ba
     assert {t for t, fate in got.items() if fate == "sent"} == set(plain)
 
 
+@needs_root
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shorter_list_and_unload_leave_no_server_chain(tmp_path, netns, backend):
     env = {"PATH": backend_path(tmp_path, backend)}
@@ -97,6 +100,7 @@ def test_shorter_list_and_unload_leave_no_server_chain(tmp_path, netns, backend)
     assert "VPNFW" not in ns.save(tool=save) and "VPNFW" not in ns.save(tool=f"ip6{save[2:]}")
 
 
+@needs_root
 def test_a_chain_of_ours_too_many_is_a_difference(tmp_path, netns):
     conf = write_config(tmp_path / "conf", {"30_user.conf": config(SERVERS)})
     ns = netns("extra")
@@ -109,3 +113,74 @@ def test_a_chain_of_ours_too_many_is_a_difference(tmp_path, netns):
     # and the next reload removes it
     assert run_loader(["--config-dir", conf, "reload"], netns=ns.name).returncode == 0
     assert "VPNFW-SERVERS-99" not in ns.save()
+
+
+def random_servers(rng, n):
+    """Addresses, networks (some holding others, one holding everything) and duplicates."""
+    out = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.45:
+            out.append(f"198.{18 + rng.randrange(2)}.{rng.randrange(256)}.{rng.randrange(256)}:{rng.choice([443, 1194])}")
+        elif kind < 0.85:
+            out.append(f"[2001:db8:{rng.randrange(4):x}::{rng.randrange(1 << 16):x}]:1194/udp")
+        elif kind < 0.95:
+            out.append(f"198.18.{rng.randrange(256)}.0/{rng.choice([20, 24, 28])}")
+        else:
+            out.append(rng.choice(["0.0.0.0/0", "2001:db8::/32", "198.18.0.0/15"]))
+    return out + out[: n // 10]
+
+
+def server_lines(config_dir, split):
+    """family -> the restore lines printed, with the list split at `split` server rules."""
+    from vpnfw import policy
+    from vpnfw.cli import compile_config
+    from vpnfw.render import render_load
+
+    saved = policy.SERVER_LIST_SPLIT
+    policy.SERVER_LIST_SPLIT = split
+    try:
+        ruleset = compile_config(config_dir, quiet=True).ruleset
+    finally:
+        policy.SERVER_LIST_SPLIT = saved
+    return {family: render_load(rules, {}).splitlines() for family, rules in ruleset.items()}
+
+
+@pytest.mark.parametrize("seed, n", [(1, 100), (2, 300), (3, 2000), (4, 6000)])
+def test_the_tree_holds_every_server_under_ranges_that_cover_it(tmp_path, seed, n):
+    """Whatever the list (networks holding others, one holding everything, duplicates): each
+    server rule of the flat list once, inside every range on its way down; no chain longer
+    than 16 jumps or 32 servers; chain names iptables accepts."""
+    from vpnfw import policy
+
+    conf = write_config(tmp_path / "c", {"30_user.conf": config(random_servers(random.Random(seed), n))})
+    flat, tree = server_lines(conf, 10 ** 9), server_lines(conf, policy.SERVER_LIST_SPLIT)
+    for family in ("ip", "ip6"):
+        chains = {}
+        for line in tree[family]:
+            if line.startswith("-A VPNFW-"):
+                chains.setdefault(line.split()[1], []).append(line)
+        found = []
+
+        def walk(chain, covering):
+            jumps = [line for line in chains.get(chain, []) if " -j VPNFW-SERVERS-" in line]
+            servers = [line for line in chains.get(chain, []) if line.startswith(f"-A {chain} -d ")]
+            if chain != "VPNFW-OUTPUT":
+                assert len(jumps) <= 16 and len(servers) <= 32 and not (jumps and servers), chain
+                assert len(chain) <= 28 and len(chains[chain]) == len(jumps) + len(servers)
+            for line in jumps:
+                words = line.split()
+                first, last = words[words.index("--dst-range") + 1].split("-")
+                walk(words[-1], covering + [(ipaddress.ip_address(first), ipaddress.ip_address(last))])
+            for line in servers:
+                net = ipaddress.ip_network(line.split()[3])
+                for first, last in covering:
+                    assert first <= net[0] and net[-1] <= last, (line, first, last)
+                found.append(line.split(" ", 2)[2])
+
+        walk("VPNFW-OUTPUT", [])
+        expected = [line.split(" ", 2)[2] for line in flat[family]
+                    if line.startswith("-A VPNFW-OUTPUT -d ") and line.endswith("-j ACCEPT")
+                    and " --dport 53 " not in line]
+        assert sorted(found) == sorted(expected)
+        assert len(expected) > 32  # the case is one the tree is for
