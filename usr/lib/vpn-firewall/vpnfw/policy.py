@@ -90,12 +90,17 @@ def _dns_refusals(family, header=()):
     ]
 
 
+def _dns_servers(family, settings):
+    """The family's $DNS_SERVERS, or None when unset (DNS through the tunnel to anyone)."""
+    if settings.dns_servers is None:
+        return None
+    return [net for fam, net in settings.dns_servers if fam == family]
+
+
 def _tunnel_rules(family, settings):
     """Everything into the tunnel, DNS only to $DNS_SERVERS when it names any."""
     out = []
-    servers = None
-    if settings.dns_servers is not None:
-        servers = [net for fam, net in settings.dns_servers if fam == family]
+    servers = _dns_servers(family, settings)
     for iface in settings.vpn_interfaces:
         if servers is not None:
             # the bulk (tcp and udp not to port 53) first, so that it need not pass the DNS rules
@@ -132,11 +137,15 @@ def _split_server_list(family, rules):
     else a tree of chains by address. Every server rule accepts, so a packet is accepted
     iff some rule matches it, wherever that rule stands: the tree changes the cost of a
     verdict, never the verdict."""
-    ranged = [(V.net_bounds(r.header[0][2]), r) for r in rules if r.header and r.header[0][1] == "-d"]
+    ranged, others = [], []
+    for r in rules:
+        if r.header and r.header[0][1] == "-d":
+            ranged.append((V.net_bounds(r.header[0][2]), r))
+        else:
+            others.append(r)
     if len(ranged) <= SERVER_LIST_SPLIT:
         return rules, []
     ranged.sort(key=lambda item: item[0])
-    others = [r for r in rules if not (r.header and r.header[0][1] == "-d")]
     jumps, chains = _server_tree(family, ranged, SERVER_CHAIN)
     return others + jumps, chains
 
@@ -227,9 +236,7 @@ def _gateway_forward(family, settings):
     """Gateway mode: the internal clients reach the world only through the tunnel."""
     chain = "FORWARD"
     rules = [_rule(family, chain, (), (("conntrack", ((False, "--ctstate", "INVALID"),)),), "DROP")]
-    servers = None
-    if settings.dns_servers is not None:
-        servers = [net for fam, net in settings.dns_servers if fam == family]
+    servers = _dns_servers(family, settings)
     for inside in settings.gateway_interfaces:
         for tunnel in settings.vpn_interfaces:
             for dst in (servers if servers is not None else [None]):
