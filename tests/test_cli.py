@@ -31,7 +31,7 @@ def test_show_prints_both_families_as_restore_input(tmp_path):
     assert out.returncode == 0
     assert out.stdout.startswith("# ip: iptables-restore --noflush\n*filter\n:INPUT DROP [0:0]\n")
     assert "# ip6: ip6tables-restore --noflush\n*filter\n" in out.stdout
-    assert out.stdout.count("COMMIT\n") == 2
+    assert out.stdout.count("COMMIT\n") == 4  # filter and the fence, per family
 
 
 def test_shipped_config_is_valid(tmp_path):

@@ -35,7 +35,7 @@ VOCABULARY = [
 ]
 ERROR = re.compile(r"^/[^:]+\.conf:\d+:\d+: \S")
 SAFE_LINE = re.compile(r'^(-[AIDX] [A-Z]+[- ]?[A-Z0-9-]*( [!\w./:,+-]+| "[\w .,:;/@+=()\[\]-]*")*'
-                       r'|:[A-Z0-9-]+ [A-Z-]+ \[0:0\]|\*(filter|nat)|COMMIT)$')
+                       r'|:[A-Z0-9-]+ [A-Z-]+ \[0:0\]|\*(filter|nat|security)|COMMIT)$')
 
 
 def check(tmp_path, text):

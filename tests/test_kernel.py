@@ -23,7 +23,7 @@ table nat chain POSTROUTING outerface tun+ MASQUERADE;
 
 
 def shown_rules(config_dir, env):
-    """family -> the -A lines `show` prints (what the kernel must hold)."""
+    """family -> the -A lines `show` prints (what the kernel must hold), each after its *table."""
     out = run_loader(["--config-dir", config_dir, "show"], env=env)
     assert out.returncode == 0, out.stderr
     text, family = {}, None
@@ -31,17 +31,31 @@ def shown_rules(config_dir, env):
         if line.startswith("# ip"):
             family = line.split(":")[0][2:]
             text[family] = []
-        elif line.startswith("-A"):
+        elif line.startswith(("-A", "*")):
             text[family].append(line)
     return text
 
 
 def by_chain(lines):
-    """chain -> its lines in order (iptables-save sorts the chains themselves)."""
-    out = {}
+    """(table, chain) -> its lines in order (iptables-save sorts tables and chains itself)."""
+    out, table = {}, None
     for line in lines:
-        out.setdefault(line.split()[1], []).append(line)
+        if line.startswith("*"):
+            table = line[1:]
+        else:
+            out.setdefault((table, line.split()[1]), []).append(line)
     return out
+
+
+def table_lines(save_text: str, table: str) -> list:
+    """The rule lines of one table of an iptables-save text."""
+    lines, inside = [], False
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            inside = line == f"*{table}"
+        elif inside and line.startswith("-A"):
+            lines.append(line)
+    return lines
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -54,11 +68,13 @@ def test_start_loads_exactly_what_show_prints(tmp_path, netns, backend):
     expected = shown_rules(conf, env)
     for family, tool in (("ip", f"iptables-{backend}-save"), ("ip6", f"ip6tables-{backend}-save")):
         save = ns.save(tool=tool)
-        got = [line for line in rules_of(save) if line.startswith("-A VPNFW-")]
+        got = [line for line in rules_of(save) if line.startswith(("-A VPNFW-", "*"))]
         assert by_chain(got) == by_chain(expected[family])
         for chain in ("INPUT", "FORWARD", "OUTPUT"):
             assert f":{chain} DROP" in save
-            assert [l for l in rules_of(save) if l.startswith(f"-A {chain} ")] == [f"-A {chain} -j VPNFW-{chain}"]
+            for table in ("filter", "security"):
+                assert [l for l in table_lines(save, table) if l.startswith(f"-A {chain} ")] == \
+                    [f"-A {chain} -j VPNFW-{chain}"]
     assert "-A POSTROUTING -j VPNFW-POSTROUTING" in ns.save(tool=f"iptables-{backend}-save")
 
 
@@ -73,10 +89,10 @@ def test_reload_keeps_other_tools_rules_and_one_jump(tmp_path, netns, backend):
     for _ in range(3):
         out = run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name)
         assert out.returncode == 0, out.stderr
-    lines = rules_of(ns.save(tool=f"iptables-{backend}-save"))
+    lines = table_lines(ns.save(tool=f"iptables-{backend}-save"), "filter")
     assert "-A DOCKER-USER -j RETURN" in lines
     assert "-A OUTPUT -d 192.0.2.99/32 -j ACCEPT" in lines
-    assert "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE" in lines
+    assert "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE" in table_lines(ns.save(tool=f"iptables-{backend}-save"), "nat")
     # ours first, once, ahead of the other tool's rules
     assert [l for l in lines if l.startswith("-A FORWARD ")] == ["-A FORWARD -j VPNFW-FORWARD", "-A FORWARD -j DOCKER-USER"]
     assert [l for l in lines if l.startswith("-A OUTPUT ")][0] == "-A OUTPUT -j VPNFW-OUTPUT"

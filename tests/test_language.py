@@ -79,8 +79,9 @@ domain ip6 chain OUTPUT mod owner uid-owner 0 { proto icmpv6 icmpv6-type neighbo
 
 def test_user_rules_come_after_loopback_and_before_the_policy(tmp_path):
     rules = compile_text(tmp_path, "chain OUTPUT daddr 192.0.2.9 DROP;").ruleset["ip"]
-    out = [rule_line(r) for r in rules if r.chain == "OUTPUT"]
-    assert out[:2] == ["-A VPNFW-OUTPUT -o lo -j ACCEPT", "-A VPNFW-OUTPUT -d 192.0.2.9/32 -j DROP"]
+    out = [rule_line(r) for r in rules if r.chain == "OUTPUT" and r.table == "filter"]
+    assert out[:3] == ["-A VPNFW-OUTPUT -j MARK --set-xmark 0x10000000/0x10000000",
+                       "-A VPNFW-OUTPUT -o lo -j ACCEPT", "-A VPNFW-OUTPUT -d 192.0.2.9/32 -j DROP"]
 
 
 def test_nat_rules_go_to_our_nat_chain(tmp_path):

@@ -15,7 +15,7 @@ import select
 from collections import namedtuple
 
 from .errors import LoadError
-from .model import BUILTIN_CHAINS, CHAIN_PREFIX, our_chain
+from .model import CHAIN_PREFIX, OUR_TABLES, our_chain
 from .render import TableState
 from .values import IP
 
@@ -211,16 +211,19 @@ def parse_save(text: str) -> Dump:
 def table_states(dump: Dump) -> dict:
     """table -> TableState: the jumps to our chains and which of ours exist."""
     states = {}
-    for table, builtins in BUILTIN_CHAINS.items():
+    for table, builtins in OUR_TABLES.items():
         policies, rules = dump.tables.get(table, ({}, {}))
         ours = frozenset(c for c in policies if c.startswith(CHAIN_PREFIX))
-        jumps = {}
+        jumps, first = {}, set()
         for c in builtins:
             jump = f"-A {c} -j {our_chain(c)}"
-            n = sum(1 for line in rules.get(c, ()) if line == jump)
+            lines = rules.get(c, ())
+            n = sum(1 for line in lines if line == jump)
             if n:
                 jumps[c] = n
-        states[table] = TableState(jumps, ours)
+                if lines[0] == jump:
+                    first.add(c)
+        states[table] = TableState(jumps, ours, frozenset(first))
     return states
 
 

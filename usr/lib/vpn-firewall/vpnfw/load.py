@@ -7,10 +7,10 @@ what we meant, the lockdown ruleset is loaded, and if even that fails the built-
 policies are set to DROP one by one.
 """
 
-from . import kernel, policy
+from . import held, kernel, policy
 from .errors import ConfigError, LoadError, VerifyError
-from .model import BUILTIN_CHAINS, LOCKDOWN_COMMENT, our_chain
-from .render import (chains_declared, chains_of, expected_lines, jump_line, render_load, render_unload,
+from .model import FENCE_TABLE, LOCKDOWN_COMMENT, OUR_TABLES, our_chain
+from .render import (chains_declared, chains_of, expected_lines, render_load, render_unload,
                      rendered, tables_used)
 
 # Exit codes, worst last; documented in vpn-firewall(8).
@@ -18,37 +18,59 @@ OK, KEPT, LOCKDOWN, OPEN = 0, 4, 5, 6
 OUTCOME_EXIT = {"loaded": OK, "kept": KEPT, "lockdown": LOCKDOWN, "open": OPEN}
 
 
-def differences(dump, rules, printed=None) -> list:
-    """Differences between an iptables-save dump and `rules`: policies, jumps, our chains."""
+# What a difference between the kernel and our ruleset means. A HOLE can let something
+# out that the ruleset would not: the guard repairs it at once. Another tool's rules above
+# our jump in filter or nat (REORDERED), or a filter policy it opened (POLICY), cannot: our
+# chains end in a refusal and the fence drops what another tool accepted before them.
+HOLE, REORDERED, POLICY = "hole", "reordered", "policy"
+
+
+def classified_differences(dump, rules, printed=None) -> list:
+    """[(kind, text)]: how an iptables-save dump differs from `rules`: policies, jumps, our chains."""
     state = kernel.table_states(dump)
     printed = printed if printed is not None else rendered(rules)
-    problems = []
+    found = []
     for table in tables_used(rules, state):
         policies, lines = dump.tables.get(table, ({}, {}))
+        ts = state[table]
         expected = expected_lines(printed, table)
         for builtin in chains_of(table, rules, state):
             mine = our_chain(builtin)
             if table == "filter" and policies.get(builtin) != "DROP":
-                problems.append(f"{table} {builtin} policy is {policies.get(builtin)}, not DROP")
-            chain_rules = lines.get(builtin, [])
-            if not chain_rules or chain_rules[0] != jump_line(builtin):
-                problems.append(f"{table} {builtin} does not jump to {mine} first")
-            elif chain_rules.count(jump_line(builtin)) != 1:
-                problems.append(f"{table} {builtin} jumps to {mine} more than once")
+                found.append((POLICY, f"{table} {builtin} policy is {policies.get(builtin)}, not DROP"))
+            count = ts.jumps.get(builtin, 0)
+            if count == 0:
+                found.append((HOLE, f"{table} {builtin} does not jump to {mine}"))
+            elif count > 1:
+                found.append((HOLE, f"{table} {builtin} jumps to {mine} more than once"))
+            elif builtin not in ts.first:
+                kind = HOLE if table == FENCE_TABLE else REORDERED
+                found.append((kind, f"{table} {builtin} has other rules before its jump to {mine}"))
         declared = chains_declared(table, rules, state)
         for mine in declared:
             got, want = lines.get(mine), expected.get(mine, [])
             if got is None:
-                problems.append(f"{table} chain {mine} is missing")
+                found.append((HOLE, f"{table} chain {mine} is missing"))
             elif got != want:
                 first = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-                problems.append(
+                found.append((HOLE,
                     f"{table} chain {mine} differs at rule {first + 1}: kernel has "
                     f"{got[first] if first < len(got) else 'nothing'!r}, expected "
                     f"{want[first] if first < len(want) else 'nothing'!r}"
-                )
-        problems += [f"{table} chain {c} should not be there" for c in sorted(state[table].chains - set(declared))]
-    return problems
+                ))
+        found += [(HOLE, f"{table} chain {c} should not be there") for c in sorted(ts.chains - set(declared))]
+    return found
+
+
+def differences(dump, rules, printed=None) -> list:
+    """The differences that matter right after our own load: all but where our jump stands
+    in filter and nat (a load leaves a jump that is there where it is)."""
+    return [text for kind, text in classified_differences(dump, rules, printed) if kind != REORDERED]
+
+
+def holes(dump, rules, printed=None) -> list:
+    """The differences that can let something out: what the guard repairs."""
+    return [text for kind, text in classified_differences(dump, rules, printed) if kind == HOLE]
 
 
 def _check(dump, rules, printed) -> None:
@@ -63,13 +85,16 @@ def _load_verified(family: str, rules, state: dict) -> None:
     _check(kernel.save(family), rules, printed)
 
 
-def lockdown(family: str, say) -> str:
-    """Close the family whatever it takes; returns 'lockdown' or 'open'."""
+def lockdown(family: str, say, record: bool = True) -> str:
+    """Close the family whatever it takes; returns 'lockdown' or 'open'. record: the
+    lockdown becomes what the guard keeps in force (not when the guard itself closes)."""
     rules = policy.lockdown()[family]
     try:
         state = kernel.table_states(kernel.save(family))
         _load_verified(family, rules, state)
         say("error", f"{family}: LOCKDOWN loaded: everything but loopback is dropped")
+        if record:
+            _record(family, rules, say)
         return "lockdown"
     except Exception as e:  # whatever failed, the policies below still close it
         say("error", f"{family}: could not load the lockdown ruleset: {e}")
@@ -80,6 +105,14 @@ def lockdown(family: str, say) -> str:
     except LoadError as e:
         say("error", f"{family}: COULD NOT CLOSE THE FIREWALL: {e}")
         return "open"
+
+
+def _record(family: str, rules, say) -> None:
+    """What is in force now, for the guard to put back."""
+    try:
+        held.record({family: rules})
+    except OSError as e:  # the rules are loaded all the same; only the guard cannot know them
+        say("warning", f"{family}: cannot record the rules in force for the guard: {e}")
 
 
 def families() -> list:
@@ -161,6 +194,7 @@ def _apply(compile_ruleset, say) -> int:
         try:
             _check(kernel.dump_of(saving), ruleset[family], printed[family])
             outcomes[family] = "loaded"
+            _record(family, ruleset[family], say)
         except VerifyError as e:
             say("error", f"{family}: {e}")
             outcomes[family] = lockdown(family, say)
@@ -197,10 +231,11 @@ def unload(say) -> int:
             state = kernel.table_states(kernel.save(family))
             kernel.restore(family, render_unload(state))
             dump = kernel.save(family)
-            left = [c for t in BUILTIN_CHAINS for c in dump.tables.get(t, ({}, {}))[0] if c.startswith("VPNFW-")]
+            left = [c for t in OUR_TABLES for c in dump.tables.get(t, ({}, {}))[0] if c.startswith("VPNFW-")]
             if left:
                 raise LoadError(f"chains still there after unload: {', '.join(left)}")
             say("warning", f"{family}: vpn-firewall unloaded: policies ACCEPT, traffic is NOT protected")
+            held.forget(family)
         except LoadError as e:
             say("error", f"{family}: unload failed: {e}")
             worst = KEPT

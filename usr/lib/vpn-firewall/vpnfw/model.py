@@ -9,6 +9,15 @@ BUILTIN_CHAINS = {
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
 }
 LOCKDOWN_COMMENT = "vpn-firewall lockdown"
+# The fence: a table no other tool writes to, evaluated after filter at the same hooks. An
+# ACCEPT in one table does not end the evaluation of the next, a DROP does: so whatever
+# other programs accept in filter ahead of our chains, the fence still drops it unless our
+# filter chain judged the packet (JUDGED_MARK) or it stays inside (loopback, the tunnel,
+# a trusted internal interface).
+FENCE_TABLE = "security"
+JUDGED_MARK = "0x10000000/0x10000000"
+# Every table we keep chains in: the users' tables and the fence.
+OUR_TABLES = {**BUILTIN_CHAINS, FENCE_TABLE: ("INPUT", "FORWARD", "OUTPUT")}
 
 
 class Rule(namedtuple("Rule", "family table chain header matches target target_options", defaults=((),))):

@@ -70,7 +70,8 @@ def resolvers(settings) -> list:
 def _allowance(server: str, verb: str) -> str:
     family = V.IP6 if ":" in server else V.IP
     net = f"{server}/{128 if family == V.IP6 else 32}"
-    lines = [f"{verb} VPNFW-OUTPUT{' 1' if verb == '-I' else ''} -d {net} -p {proto} -m {proto} --dport 53 "
+    # second: after the rule that marks packets as judged by our chain, which the fence wants
+    lines = [f"{verb} VPNFW-OUTPUT{' 2' if verb == '-I' else ''} -d {net} -p {proto} -m {proto} --dport 53 "
              f'-m owner --uid-owner 0 -m comment --comment "{ALLOWANCE_COMMENT}" -j ACCEPT'
              for proto in ("udp", "tcp")]
     return "*filter\n" + "\n".join(lines) + "\nCOMMIT\n"

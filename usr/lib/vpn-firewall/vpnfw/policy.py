@@ -8,7 +8,7 @@ tunnel must not leave by another interface.
 """
 
 from . import values as V
-from .model import LOCKDOWN_COMMENT, Rule, our_chain
+from .model import FENCE_TABLE, JUDGED_MARK, LOCKDOWN_COMMENT, Rule, our_chain
 
 UDP_DNS = (("udp", ((False, "--dport", "53"),)),)
 TCP_DNS = (("tcp", ((False, "--dport", "53"),)),)
@@ -172,8 +172,33 @@ def _server_tree(family, ranged, prefix):
     return jumps, chains
 
 
+def _judged(family, chain):
+    """The first rule of each filter chain of ours: whatever leaves it alive, it accepted."""
+    return _rule(family, chain, (), (), "MARK", (("--set-xmark", JUDGED_MARK),))
+
+
+def fence(family, tunnels, inside):
+    """The fence's chains (see model.FENCE_TABLE): a packet that our filter chain did not
+    judge, because another tool accepted it first, passes only when it stays on loopback, in
+    the tunnel or on a trusted internal interface; anything else is dropped, there being no
+    REJECT outside the filter table. It never accepts: the packet just goes on."""
+    judged = (("mark", ((False, "--mark", JUDGED_MARK),)),)
+
+    def chain(name, headers):
+        out = [Rule(family, FENCE_TABLE, name, (), judged, "RETURN")]
+        out += [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in headers]
+        return out + [Rule(family, FENCE_TABLE, name, (), (), "DROP")]
+
+    return (
+        chain("INPUT", [(_h("-i", i),) for i in ("lo", *tunnels, *inside)])
+        + chain("FORWARD", [(_h("-i", g), _h("-o", t)) for g in inside for t in tunnels]
+                + [(_h("-o", g),) for g in inside])
+        + chain("OUTPUT", [(_h("-o", i),) for i in ("lo", *tunnels, *inside)])
+    )
+
+
 def output_chain(family, settings, user):
-    rules = [_rule(family, "OUTPUT", (_h("-o", "lo"),))]
+    rules = [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
     rules += user
     # The tunnel before the servers: its packets are most of the traffic, and so need not
     # pass a long list of servers on their way.
@@ -200,7 +225,7 @@ def output_chain(family, settings, user):
 
 
 def input_chain(family, settings, user):
-    rules = [_rule(family, "INPUT", (_h("-i", "lo"),))]
+    rules = [_judged(family, "INPUT"), _rule(family, "INPUT", (_h("-i", "lo"),))]
     rules += user
     # replies first: most packets; no packet is both a reply and INVALID
     rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "RELATED,ESTABLISHED"),)),)))
@@ -221,7 +246,7 @@ def input_chain(family, settings, user):
 
 
 def forward_chain(family, settings, user):
-    rules = list(user)
+    rules = [_judged(family, "FORWARD")] + list(user)
     if settings.gateway_interfaces:
         rules += _gateway_forward(family, settings)
     if settings.log_blocked:
@@ -279,6 +304,7 @@ def build(settings, user_rules) -> dict:
             + output_chain(family, settings, by_chain.get("OUTPUT", []))
             + [r for r in mine if r.table != "filter"]
             + _gateway_nat(family, settings)
+            + fence(family, settings.vpn_interfaces, settings.gateway_interfaces)
         )
     return ruleset
 
@@ -294,5 +320,5 @@ def lockdown() -> dict:
             _rule(family, "FORWARD", (), mark, "DROP"),
             _rule(family, "OUTPUT", (_h("-o", "lo"),), mark),
             _rule(family, "OUTPUT", (), mark, "DROP"),
-        ]
+        ] + fence(family, (), ())
     return ruleset

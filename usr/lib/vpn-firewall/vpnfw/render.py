@@ -8,16 +8,17 @@ the same tables stay, and all of it happens in one transaction per family.
 import re
 from collections import namedtuple
 
-from .model import BUILTIN_CHAINS, our_chain
+from .model import FENCE_TABLE, OUR_TABLES, our_chain
 
 _NO_QUOTES = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
-class TableState(namedtuple("TableState", "jumps chains")):
+class TableState(namedtuple("TableState", "jumps chains first", defaults=(frozenset(),))):
     """What the kernel holds of ours in one table, as far as rendering cares.
 
     jumps:  built-in chain -> how many jumps to our chain it has
     chains: frozenset of our chains that exist
+    first:  frozenset of the built-in chains whose first rule is our jump
     """
 
     __slots__ = ()
@@ -51,25 +52,32 @@ def rule_line(rule) -> str:
     return " ".join(parts)
 
 
-def jump_line(builtin: str) -> str:
-    return f"-A {builtin} -j {our_chain(builtin)}"
-
-
 def tables_used(rules, state: dict) -> list:
-    """filter always; nat when rules use it or our chains from an earlier load are there."""
-    tables = ["filter"]
+    """filter and the fence always; nat when rules use it or our chains from an earlier load are there."""
+    tables = ["filter", FENCE_TABLE]
     if any(r.table == "nat" for r in rules) or state.get("nat", NOTHING).chains:
         tables.append("nat")
     return tables
 
 
 def chains_of(table: str, rules, state: dict) -> list:
-    """The built-ins of a table that get a chain of ours: all in filter, used ones in nat."""
-    if table == "filter":
-        return list(BUILTIN_CHAINS["filter"])
+    """The built-ins of a table that get a chain of ours: all in filter and the fence, used ones in nat."""
+    if table in ("filter", FENCE_TABLE):
+        return list(OUR_TABLES[table])
     existing = state.get(table, NOTHING).chains
-    return [c for c in BUILTIN_CHAINS[table]
+    return [c for c in OUR_TABLES[table]
             if our_chain(c) in existing or any(r.table == table and r.chain == c for r in rules)]
+
+
+def _jump_lines(table: str, builtin: str, ts: TableState) -> list:
+    """What puts our one jump in place. The fence's comes first, always. In filter and nat a
+    jump that is there once stays where it is: another tool may have put rules above it since
+    (Docker does), and the fence makes that harmless; moving ours back on every reload would
+    only undo what that tool needs."""
+    count = ts.jumps.get(builtin, 0)
+    if count == 1 and (table != FENCE_TABLE or builtin in ts.first):
+        return []
+    return [f"-D {builtin} -j {our_chain(builtin)}"] * count + [f"-I {builtin} 1 -j {our_chain(builtin)}"]
 
 
 def rendered(rules) -> list:
@@ -90,7 +98,7 @@ def chains_declared(table: str, rules, state: dict) -> list:
     """Our chains in a table: one per built-in that gets one, then the server chains."""
     ours = [our_chain(c) for c in chains_of(table, rules, state)]
     for r in rules:
-        if r.table == table and r.chain not in BUILTIN_CHAINS[table] and our_chain(r.chain) not in ours:
+        if r.table == table and r.chain not in OUR_TABLES[table] and our_chain(r.chain) not in ours:
             ours.append(our_chain(r.chain))
     return ours
 
@@ -109,8 +117,7 @@ def render_load(rules, state: dict, lines=None) -> str:
             lines += [f":{c} DROP [0:0]" for c in builtins]
         lines += [f":{c} - [0:0]" for c in declared + stale]  # declaring flushes it
         for c in builtins:
-            lines += [f"-D {c} -j {our_chain(c)}"] * ts.jumps.get(c, 0)
-            lines.append(f"-I {c} 1 -j {our_chain(c)}")
+            lines += _jump_lines(table, c, ts)
         lines += [line for r, line in printed if r.table == table]
         lines += [f"-X {c}" for c in stale]  # no longer jumped to: our chains were flushed above
         lines.append("COMMIT")
@@ -121,12 +128,12 @@ def render_unload(state: dict) -> str:
     """The restore input that removes every chain of ours and opens the filter policies."""
     lines = []
     for table, ts in state.items():
-        if table not in BUILTIN_CHAINS or (table != "filter" and not ts.chains):
+        if table not in OUR_TABLES or (table != "filter" and not ts.chains):
             continue
         lines.append(f"*{table}")
         if table == "filter":
-            lines += [f":{c} ACCEPT [0:0]" for c in BUILTIN_CHAINS["filter"]]
-        for c in BUILTIN_CHAINS[table]:
+            lines += [f":{c} ACCEPT [0:0]" for c in OUR_TABLES["filter"]]
+        for c in OUR_TABLES[table]:
             lines += [f"-D {c} -j {our_chain(c)}"] * ts.jumps.get(c, 0)
         ours = sorted(ts.chains)
         lines += [f":{c} - [0:0]" for c in ours]  # all emptied first: ours jump to each other
