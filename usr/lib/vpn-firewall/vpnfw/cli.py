@@ -174,14 +174,35 @@ def cmd_leak_test(args) -> int:
     return leak_test(patterns, families())
 
 
+def cmd_guard(args) -> int:
+    from .guard import Guard
+
+    def adopt():
+        """No ruleset recorded (loaded by an older version): the config's, if it is what the kernel holds."""
+        from . import kernel, load
+
+        try:
+            ruleset = compile_config(args.config_dir, quiet=True).ruleset
+        except ConfigError:
+            return None
+        fams = load.families()
+        if all(not load.holes(kernel.save(f), ruleset[f]) for f in fams):
+            return {f: ruleset[f] for f in fams}
+        return None
+
+    return Guard(say, RulesLock, adopt).run()
+
+
 def cmd_unload(args) -> int:
     from . import load
+    from .guard import stop_running
 
     if not args.force:
         say("error", "unload opens this machine's network: traffic would leave outside the VPN. "
                      "Run 'vpn-firewall unload --force' if that is what you want.")
         return REFUSED
     say("warning", "unloading vpn-firewall: from now on traffic is NOT protected by the kill switch")
+    stop_running(say)  # first: it would put the rules back
     with RulesLock():
         return load.unload(say)
 
@@ -196,6 +217,7 @@ COMMANDS = {
     "status": cmd_status,
     "ensure-closed": cmd_ensure_closed,
     "leak-test": cmd_leak_test,
+    "guard": cmd_guard,
     "unload": cmd_unload,
 }
 

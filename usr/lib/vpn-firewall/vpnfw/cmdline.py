@@ -27,6 +27,8 @@ COMMANDS = {
     "ensure-closed": ("load the lockdown where nothing of ours is loaded (the unit's ExecStopPost "
                       "after a failed start); never opens", {}),
     "leak-test": ("try to send outside the tunnel on every interface; exit 0 only if nothing can leave", {}),
+    "guard": ("run in the foreground until SIGTERM: put the rules in force back at once when another "
+              "program removes or alters them", {}),
     "unload": ("remove the kill switch and OPEN the network (needs --force)",
                {"--force": "yes, open this machine's network"}),
 }

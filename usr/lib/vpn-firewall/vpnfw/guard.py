@@ -1,0 +1,332 @@
+"""`vpn-firewall guard`: puts the rules in force back when another program removes or alters them.
+
+The rules to put back are the ones recorded when they were loaded (held.py), never a
+fresh compile of a config that may have changed on disk since. On iptables-nft the guard
+sleeps on the kernel's own announcement of every nf_tables commit (netlink, group
+NFNLGRP_NFTABLES), which also names the committing process; the legacy backend announces
+nothing, so there it compares once a second. It takes the rules lock like start and
+reload, so it never fights them: after a reload it guards the new rules.
+
+It never opens anything: a repair that fails gives the lockdown, and a change that cannot
+let anything out (another tool's rules above our jump in filter, a filter policy opened:
+the fence decides all the same) is reported once and left alone.
+"""
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import time
+
+from . import held, kernel, load
+from .errors import LoadError, VerifyError
+from .render import render_load
+
+NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN = 10, 15
+NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 2, 3
+POLL_SECONDS = 1.0
+LOG_BURST, LOG_WINDOW = 10, 60.0  # at most this many repair messages a minute
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # after a failed repair: the lockdown, then retries this far apart
+RECENT = 10  # repairs kept for `status`
+
+
+def open_events() -> socket.socket:
+    """A netlink socket that receives every nf_tables commit of this network namespace."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                         NETLINK_NETFILTER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind((0, 0))
+    sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+    return sock
+
+
+def committers(messages: bytes) -> list:
+    """(pid, process name) of each commit (NEWGEN message) in a netlink datagram."""
+    found, offset = [], 0
+    while offset + 16 <= len(messages):
+        length, kind = struct.unpack_from("=IH", messages, offset)
+        if length < 16:
+            break
+        if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+            pid, name = None, "?"
+            attr, end = offset + 20, offset + length  # after nlmsghdr and nfgenmsg
+            while attr + 4 <= end:
+                alen, atype = struct.unpack_from("=HH", messages, attr)
+                if alen < 4:
+                    break
+                value = messages[attr + 4:attr + alen]
+                if atype & 0x7FFF == NFTA_GEN_PROC_PID and len(value) == 4:
+                    pid = struct.unpack("!I", value)[0]
+                elif atype & 0x7FFF == NFTA_GEN_PROC_NAME:
+                    name = value.split(b"\0", 1)[0].decode("utf-8", "replace")
+                attr += (alen + 3) & ~3
+            found.append((pid, name))
+        offset += (length + 3) & ~3
+    return found
+
+
+def drain(sock) -> list:
+    """Every commit announced since the last call; an overflowed socket counts as one unknown."""
+    found = []
+    while True:
+        try:
+            found += committers(sock.recv(1 << 16))
+        except BlockingIOError:
+            return found
+        except OSError:  # ENOBUFS: announcements were lost, so something changed
+            found.append((None, "?"))
+
+
+class LogLimit:
+    """At most LOG_BURST messages per LOG_WINDOW; then one line says how many were left out."""
+
+    def __init__(self, say):
+        self.say, self.window_start, self.count, self.dropped = say, 0.0, 0, 0
+
+    def __call__(self, level, message):
+        now = time.monotonic()
+        if now - self.window_start >= LOG_WINDOW:
+            if self.dropped:
+                self.say("warning", f"{self.dropped} more messages of the guard were not logged in the last minute")
+            self.window_start, self.count, self.dropped = now, 0, 0
+        if self.count < LOG_BURST:
+            self.count += 1
+            self.say(level, message)
+        else:
+            self.dropped += 1
+
+
+def _notify_ready() -> None:
+    """Tell systemd (Type=notify) that the guard is watching."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(address)
+            s.sendall(b"READY=1")
+    except OSError:
+        pass
+
+
+def status_path() -> str:
+    return os.path.join(held.run_dir(), "guard.json")
+
+
+def read_status():
+    """The guard's own account, if a guard is running now; else None."""
+    try:
+        with open(status_path()) as f:
+            facts = json.load(f)
+        with open(os.path.join(kernel.proc_dir(), str(facts["pid"]), "cmdline"), "rb") as f:
+            if b"guard" not in f.read():
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return facts
+
+
+def stop_running(say, timeout: float = 10.0) -> None:
+    """Stop a running guard (unload): nothing may put the rules back after they are removed."""
+    facts = read_status()
+    if facts is None:
+        return
+    pid = facts["pid"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and os.path.exists(os.path.join(kernel.proc_dir(), str(pid))):
+        time.sleep(0.02)
+    say("notice", f"the guard (pid {pid}) was stopped")
+
+
+class Guard:
+    def __init__(self, say, lock, adopt):
+        """lock(): the rules lock as a context manager; adopt(): a ruleset to guard when none
+        was recorded (the config's, if the kernel holds exactly it), or None."""
+        self.log = LogLimit(say)
+        self.say, self.lock, self.adopt = say, lock, adopt
+        self.families = load.families()
+        self.rules, self.stamp = None, None
+        self.retry_at = {}  # family -> when to try its rules again after a failed repair
+        self.retry_wait = {}
+        self.noted = {}  # family -> the harmless changes reported last
+        self.facts = {"pid": os.getpid(), "since": int(time.time()), "repairs": 0, "recent": []}
+        self.stopping = False
+
+    # -- what to guard -------------------------------------------------------------
+    def _refresh_rules(self) -> None:
+        stamp = held.stamp()
+        if self.rules is not None and stamp == self.stamp:
+            return
+        rules = held.read()
+        if rules is None and self.rules is None:
+            rules = self.adopt()
+            if rules is not None:
+                held.record(rules)
+                stamp = held.stamp()
+        if rules is not None:
+            self.rules, self.stamp = rules, stamp
+            self.retry_at.clear()
+
+    # -- watching ------------------------------------------------------------------
+    def run(self) -> int:
+        backend = kernel.backend()
+        events = None
+        if backend == "nft":
+            try:
+                events = open_events()
+            except OSError as e:
+                self.say("warning", f"cannot watch nf_tables commits ({e.strerror}): comparing every {POLL_SECONDS:g} s")
+        with self.lock():
+            self._refresh_rules()
+        if self.rules is None:
+            self.say("notice", "nothing to guard: vpn-firewall has not loaded its rules (run 'vpn-firewall start')")
+            return 0
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        self.facts.update(backend=backend, mode="netlink" if events else f"poll {POLL_SECONDS:g} s")
+        self.check([])
+        self._write_status(running=True)
+        self.say("info", f"guarding the rules in force ({', '.join(self.families)}; "
+                         f"{'nf_tables commits' if events else f'compared every {POLL_SECONDS:g} s'})")
+        _notify_ready()
+        watched = [wake_r] + ([events] if events else [])
+        while not self.stopping:
+            ready, _, _ = select.select(watched, [], [], self._timeout(events))
+            if wake_r in ready:
+                while True:
+                    try:
+                        if not os.read(wake_r, 64):
+                            break
+                    except BlockingIOError:
+                        break
+            if self.stopping:
+                break
+            who = drain(events) if events in ready else []
+            if events and not who and not self._retry_due():
+                continue
+            self.check(who)
+        self.say("info", "guard stopped")
+        self._write_status(running=False)
+        return 0
+
+    def _stop(self, signum, frame):
+        self.stopping = True
+
+    def _timeout(self, events):
+        waits = [] if events else [POLL_SECONDS]
+        if self.retry_at:
+            waits.append(max(0.0, min(self.retry_at.values()) - time.monotonic()))
+        return min(waits) if waits else None
+
+    def _retry_due(self) -> bool:
+        return any(t <= time.monotonic() for t in self.retry_at.values())
+
+    # -- checking and repairing ----------------------------------------------------
+    def check(self, who) -> None:
+        with self.lock():
+            self._refresh_rules()
+            saving = {f: kernel.start_save(f) for f in self.families}
+            broken = {}
+            for family in self.families:
+                try:
+                    dump = kernel.dump_of(saving[family])
+                except LoadError as e:
+                    self.log("error", f"{family}: cannot read the rules: {e}")
+                    continue
+                holes = self._differences(family, dump, who)
+                if holes:
+                    broken[family] = (dump, holes)
+            if broken:
+                self._repair(broken, who)
+
+    def _differences(self, family, dump, who) -> list:
+        """The holes; harmless changes are reported once (not beside holes: they are put right too)."""
+        found = load.classified_differences(dump, self._target(family))
+        holes = [text for kind, text in found if kind == load.HOLE]
+        if not holes:
+            harmless = [text for kind, text in found if kind != load.HOLE]
+            if harmless and harmless != self.noted.get(family):
+                self.log("notice", f"{family}: changed by another program, harmless (the fence still decides "
+                                   f"what leaves): {'; '.join(harmless)}{_by(who)}")
+            self.noted[family] = harmless
+        return holes
+
+    def _target(self, family):
+        """The recorded rules; the lockdown while a failed repair waits for its retry."""
+        if family in self.retry_at and self.retry_at[family] > time.monotonic():
+            from . import policy
+
+            return policy.lockdown()[family]
+        return self.rules[family]
+
+    def _repair(self, broken: dict, who) -> None:
+        """Every broken family's rules restored side by side, then each verified; a family
+        that cannot be repaired gets the lockdown and a retry later."""
+        started = time.monotonic()
+        restoring = {f: kernel.start_restore(f, render_load(self._target(f), kernel.table_states(dump)))
+                     for f, (dump, _) in broken.items()}
+        for family, (dump, holes) in broken.items():
+            try:
+                kernel.check_restored(restoring[family])
+                ms = (time.monotonic() - started) * 1000  # in force from here; the check below only confirms
+                problems = load.differences(kernel.save(family), self._target(family))
+                if problems:
+                    raise VerifyError("; ".join(problems))
+                outcome = "repaired"
+                self.retry_at.pop(family, None)
+                self.retry_wait.pop(family, None)
+            except (LoadError, VerifyError) as e:
+                self.log("error", f"{family}: could not put the rules back: {e}")
+                outcome = load.lockdown(family, self.log, record=False)  # the recorded rules stay the goal
+                ms = (time.monotonic() - started) * 1000
+                wait = min(RETRY_MAX, self.retry_wait.get(family, RETRY_FIRST / 2) * 2)
+                self.retry_wait[family] = wait
+                self.retry_at[family] = time.monotonic() + wait
+            what = holes[0] + (f", and {len(holes) - 1} more" if len(holes) > 1 else "")
+            level = "warning" if outcome == "repaired" else "error"
+            self.log(level, f"{family}: rules changed by another program ({what}){_by(who)}: {outcome} in {ms:.0f} ms")
+            self.facts["repairs"] += 1
+            self.facts["recent"] = (self.facts["recent"] + [
+                {"time": int(time.time()), "family": family, "what": what, "by": ", ".join(_names(who)) or None,
+                 "outcome": outcome, "ms": round(ms, 1)}])[-RECENT:]
+        self._write_status(running=True)
+
+    def _write_status(self, running: bool) -> None:
+        try:
+            if not running:
+                os.unlink(status_path())
+                return
+            os.makedirs(held.run_dir(), mode=0o755, exist_ok=True)
+            tmp = status_path() + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.facts, f)
+            os.replace(tmp, status_path())
+        except OSError:
+            pass
+
+
+def _names(who) -> list:
+    """'NAME (pid N)' of the processes the kernel named as committers, each once."""
+    named = []
+    for pid, name in who:
+        text = f"{name} (pid {pid})" if pid else name
+        if text not in named and name != "?":
+            named.append(text)
+    return named[:3]
+
+
+def _by(who) -> str:
+    named = _names(who)
+    return f", by {', '.join(named)}" if named else ""
