@@ -9,7 +9,7 @@ DEB      := $(PACKAGE)_$(VERSION)_all.deb
 BUILD_DEPS := debhelper dh-python python3 python3-docutils dpkg-dev fakeroot lintian
 DEMO_DEPS  := python3 iptables iproute2 openvpn openssl tcpdump util-linux
 TEST_DEPS  := $(BUILD_DEPS) $(DEMO_DEPS) ferm python3-pytest python3-hypothesis python3-pyflakes \
-              mmdebstrap systemd-container dnsmasq-base busybox
+              mmdebstrap systemd-container dnsmasq-base busybox nftables
 BENCH_DEPS := $(DEMO_DEPS) ferm iperf3
 
 LIB_FILES := usr/lib/vpn-firewall/vpn-firewall $(wildcard usr/lib/vpn-firewall/vpnfw/*.py)
@@ -33,7 +33,8 @@ install: man
 	install -m 0644 usr/lib/vpn-firewall/vpnfw/*.py $(DESTDIR)/usr/lib/vpn-firewall/vpnfw/
 	ln -sf ../lib/vpn-firewall/vpn-firewall $(DESTDIR)/usr/sbin/vpn-firewall
 	install -m 0644 etc/vpn-firewall/*.conf $(DESTDIR)/etc/vpn-firewall/
-	install -m 0644 lib/systemd/system/vpn-firewall.service lib/systemd/system/vpn-firewall-refresh.service \
+	install -m 0644 lib/systemd/system/vpn-firewall.service lib/systemd/system/vpn-firewall-guard.service \
+	    lib/systemd/system/vpn-firewall-refresh.service \
 	    lib/systemd/system/vpn-firewall-refresh.timer $(DESTDIR)/lib/systemd/system/
 	install -m 0644 usr/share/bash-completion/completions/vpn-firewall \
 	    $(DESTDIR)/usr/share/bash-completion/completions/

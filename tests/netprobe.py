@@ -114,7 +114,7 @@ def flood(addr, port, count, seconds):
     import time
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     s = socket.socket(family, socket.SOCK_DGRAM)
-    deadline, sent = time.time() + seconds, 0
+    deadline, sent = time.time() + float(seconds), 0
     while sent < count and time.time() < deadline:
         try:
             s.sendto(b"flood", (addr, port))

@@ -98,7 +98,8 @@ class Testbed:
         self.lan = f"vpnfw-lan-{tag}"  # gateway mode: a machine behind the client
         self.procs = {}
         self.env = dict(os.environ, PATH=backend_bin(workdir, backend) + ":" + os.environ["PATH"],
-                        VPN_FIREWALL_LOCK=os.path.join(self.workdir, "lock"))
+                        VPN_FIREWALL_LOCK=os.path.join(self.workdir, "lock"),
+                        VPN_FIREWALL_RUN_DIR=os.path.join(self.workdir, "run"))
         self.env.pop("JOURNAL_STREAM", None)
         self.confdir = os.path.join(self.workdir, "conf")
         self.pcap = os.path.join(self.workdir, "client.pcap")
@@ -319,6 +320,7 @@ class Frame:
     """What the verdict needs of one Ethernet frame."""
 
     def __init__(self, data):
+        self.time = None
         self.arp = self.proto = self.src = self.dst = self.sport = self.dport = None
         self.version = 0
         ethertype = struct.unpack("!H", data[12:14])[0]
@@ -369,9 +371,10 @@ def read_pcap(path):
     endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
     frames, i = [], 24
     while i + 16 <= len(data):
-        caplen = struct.unpack(endian + "I", data[i + 8:i + 12])[0]
+        seconds, micros, caplen = struct.unpack(endian + "III", data[i:i + 12])
         frame = data[i + 16:i + 16 + caplen]
         if len(frame) >= 14:
             frames.append(Frame(frame))
+            frames[-1].time = seconds + micros / 1e6  # when it was captured (wall clock)
         i += 16 + caplen
     return frames
