@@ -141,8 +141,10 @@ class Guarded:
         self.bed = bed
         self.proc = bed.spawn("guard", bed.client, [sys.executable, T.LOADER, "--config-dir", bed.confdir, "guard"],
                               stderr=subprocess.PIPE, text=True)
-        line = self.proc.stderr.readline()
-        assert "guarding the rules in force" in line, line
+        lines = []
+        while not lines or "guarding the rules in force" not in lines[-1]:
+            lines.append(self.proc.stderr.readline())
+            assert lines[-1], "".join(lines)
 
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGTERM)
@@ -262,5 +264,26 @@ def test_guard_without_rules_to_guard_exits(tmp_path):
         bed.up(vpn=False)
         out = bed.loader("guard")
         assert out.returncode == 0 and "nothing to guard" in out.stderr
+    finally:
+        bed.down()
+
+
+def test_status_tells_a_harmless_reordering_from_a_hole_and_shows_the_guard(tmp_path):
+    bed = _bed(tmp_path, "nft")
+    try:
+        out = bed.loader("status")
+        assert "guard: NOT running" in out.stdout
+        apply(bed, DOCKER)
+        out = bed.loader("status")
+        assert out.returncode == 0, out.stdout
+        assert "ip: loaded, the same as the config compiles to" in out.stdout
+        assert "harmless" in out.stdout and "FORWARD has other rules before its jump" in out.stdout
+        guard = Guarded(bed)
+        apply(bed, ["-t security -F VPNFW-OUTPUT"])  # a real hole: repaired
+        time.sleep(0.5)
+        out = bed.loader("status")
+        assert f"guard: running (pid {guard.proc.pid}, netlink), 1 repair(s)" in out.stdout, out.stdout
+        assert "security chain VPNFW-OUTPUT" in out.stdout and "repaired" in out.stdout
+        guard.stop()
     finally:
         bed.down()

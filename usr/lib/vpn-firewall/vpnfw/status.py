@@ -6,6 +6,7 @@ The facts are gathered into one dict, printed for people or, with --json, for sc
 import json
 import os
 import re
+import time
 
 from . import kernel, load
 from .errors import ConfigError, LoadError
@@ -106,7 +107,10 @@ def gather(config_dir: str, compile_config) -> dict:
             code = max(code, NOT_LOADED)
             continue
         entry["state"] = "lockdown" if load.is_lockdown(dump) else "loaded"
-        entry["differences"] = load.differences(dump, compiled.ruleset[family]) if compiled is not None else []
+        found = load.classified_differences(dump, compiled.ruleset[family]) if compiled is not None else []
+        # another tool's rules above our jump, or an opened policy, cannot let anything out
+        entry["harmless"] = [text for kind, text in found if kind != load.HOLE]
+        entry["differences"] = [text for kind, text in found if kind == load.HOLE]
         entry["in_sync"] = compiled is not None and not entry["differences"]
         if entry["state"] == "lockdown" or not entry["in_sync"]:
             code = max(code, DIFFERENT)
@@ -117,6 +121,9 @@ def gather(config_dir: str, compile_config) -> dict:
     facts["vpn_interfaces"] = [{"name": n, "state": s} for n, s in vpn_interfaces(patterns)]
     facts["vpn_interface_patterns"] = patterns
     facts["recent_blocked"] = recent_blocked()
+    from .guard import read_status
+
+    facts["guard"] = read_status()
     facts["exit"] = code
     return facts
 
@@ -145,11 +152,23 @@ def show(facts) -> None:
             text = (f"loaded, but not what the config compiles to ({first}{f', and {more} more' if more else ''}): "
                     "the config changed since, or something else changed the rules; run 'vpn-firewall reload'")
         print(f"{family}: {text}")
+        if entry["harmless"]:
+            print(f"{family}: changed by another program, harmless (the fence still decides what leaves): "
+                  + "; ".join(entry["harmless"]))
         print(f"{family}: blocked packets: " + ", ".join(f"{c} {n}" for c, n in entry["blocked"].items()))
         for rule in entry["blocked_rules"]:
             print(f"{family}:   {rule['packets']:>8}  {rule['rule']}")
     if not facts["config"]["valid"]:
         print(f"config: {facts['config']['error']}")
+    guard = facts["guard"]
+    if guard is None:
+        print("guard: NOT running: changes by other programs are not repaired (systemctl start vpn-firewall-guard)")
+    else:
+        print(f"guard: running (pid {guard['pid']}, {guard.get('mode', '?')}), {guard['repairs']} repair(s)")
+        for r in guard["recent"][-3:]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
+            print(f"  {when} {r['family']}: {r['what']}{' by ' + r['by'] if r['by'] else ''}: "
+                  f"{r['outcome']} in {r['ms']:.0f} ms")
     shown = ", ".join(f"{i['name']} ({i['state']})" for i in facts["vpn_interfaces"]) or "none present"
     print(f"vpn interfaces ({' '.join(facts['vpn_interface_patterns'])}): {shown}")
     recent = facts["recent_blocked"]
