@@ -12,9 +12,9 @@ from conftest import needs_root
 
 DEB = os.environ.get("VPN_FIREWALL_DEB")
 CACHE = os.environ.get("VPN_FIREWALL_TEST_CACHE", "/var/cache/vpn-firewall-tests")
-BASE = os.path.join(CACHE, "bookworm-base")
+BASE = os.path.join(CACHE, "bookworm-base-nft")  # named by what it includes: a new name is a new tree
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
-INCLUDE = "systemd,systemd-sysv,dbus,iptables,python3,iproute2,ifupdown"
+INCLUDE = "systemd,systemd-sysv,dbus,iptables,python3,iproute2,ifupdown,nftables"
 
 pytestmark = [
     needs_root,
@@ -40,7 +40,7 @@ def base():
     return BASE
 
 
-def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False):
+def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, enable=()):
     """Boot a guest on an overlay of the base tree; return (results dir, console output)."""
     upper, work, root = (tmp_path / d for d in ("upper", "work", "root"))
     for d in (upper, work, root):
@@ -63,6 +63,9 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False):
             assert out.returncode == 0, out.stdout + out.stderr
         if config is not None:
             (root / "etc/vpn-firewall/30_user.conf").write_text(config)
+        for unit in enable:  # enabled as 'systemctl enable' would (the units' WantedBy=sysinit.target)
+            (root / "etc/systemd/system/sysinit.target.wants").mkdir(exist_ok=True)
+            (root / f"etc/systemd/system/sysinit.target.wants/{unit}").symlink_to(f"/lib/systemd/system/{unit}")
         if legacy:
             for tool in ("iptables", "ip6tables"):
                 subprocess.run(["chroot", str(root), "update-alternatives", "--set", tool,
@@ -101,6 +104,21 @@ def test_boot_loads_the_kill_switch_before_the_network(tmp_path, base):
         save = (results / name).read_text()
         assert ":OUTPUT DROP" in save and "-A OUTPUT -j VPNFW-OUTPUT" in save
     assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j ACCEPT" in (results / "boot-ip.save").read_text()
+    assert f["guard_active"] == "active", (results / "journal").read_text()
+    assert "guarding the rules in force" in (results / "journal").read_text()
+
+
+def test_boot_with_nftables_enabled_ends_with_the_kill_switch_in_force(tmp_path, base):
+    """Debian's /etc/nftables.conf begins with 'flush ruleset': the kill switch loads after it."""
+    assert "flush ruleset" in open(os.path.join(base, "etc", "nftables.conf")).read()
+    results, console = boot(tmp_path, base, "nftables", CONFIGURED, enable=["nftables.service"])
+    f = facts(results)
+    assert f["nft_result"] == "success", console
+    assert 0 < int(f["nft_exit"]) <= int(f["fw_start"]) < int(f["fw_exit"]) < int(f["netpre"]), f
+    for name in ("boot-ip.save", "boot-ip6.save"):
+        save = (results / name).read_text()
+        assert ":OUTPUT DROP" in save and "-A OUTPUT -j VPNFW-OUTPUT" in save and "-A VPNFW-OUTPUT -j DROP" in save
+    assert f["guard_active"] == "active"
 
 
 def test_boot_with_the_legacy_backend_under_the_hardened_unit(tmp_path, base):
@@ -119,6 +137,7 @@ def test_broken_config_boots_into_lockdown_with_the_unit_failed(tmp_path, base):
     assert 0 < int(f["fw_exit"]) < int(f["networking_start"]), f
     save = (results / "boot-ip.save").read_text()
     assert "vpn-firewall lockdown" in save and ":OUTPUT DROP" in save
+    assert f["guard_active"] == "active", "the guard keeps the lockdown in force"
     assert "/etc/vpn-firewall/30_user.conf:1:44: expected an address, got '198.51.100.'" in (results / "journal").read_text()
 
 
@@ -141,6 +160,7 @@ def test_install_upgrade_remove_purge_in_a_running_system(tmp_path, base):
     assert "OPEN" in (results / "remove.log").read_text()
     removed = (results / "remove.save").read_text()
     assert "VPNFW" not in removed and ":OUTPUT ACCEPT" in removed
+    assert f["guard_after_remove"] != "active", "the guard was stopped before the unload"
     # purge: nothing left in /etc
     assert "No such file" in f["purged_etc"]
 

@@ -14,11 +14,15 @@ show() { systemctl show -P "$2" "$1"; }
     echo "fw_exit=$(show vpn-firewall.service ExecMainExitTimestampMonotonic)"
     echo "netpre=$(show network-pre.target ActiveEnterTimestampMonotonic)"
     echo "networking_start=$(show networking.service ExecMainStartTimestampMonotonic)"
+    echo "fw_start=$(show vpn-firewall.service ExecMainStartTimestampMonotonic)"
+    echo "nft_exit=$(show nftables.service ExecMainExitTimestampMonotonic)"
+    echo "nft_result=$(show nftables.service Result)"
+    echo "guard_active=$(systemctl is-active vpn-firewall-guard.service)"
 } > $R/boot
 iptables-save > $R/boot-ip.save 2>&1
 ip6tables-save > $R/boot-ip6.save 2>&1
 ip -o addr show > $R/addr 2>&1
-journalctl -b -u vpn-firewall.service --no-pager -o cat > $R/journal 2>&1
+journalctl -b -u vpn-firewall.service -u vpn-firewall-guard.service --no-pager -o cat > $R/journal 2>&1
 
 if [ "$(cat /root/scenario)" = install ]; then
     dpkg -i /root/vpn-firewall.deb > $R/install.log 2>&1
@@ -34,6 +38,7 @@ if [ "$(cat /root/scenario)" = install ]; then
     echo "upgrade_active=$(systemctl is-active vpn-firewall.service)" >> $R/boot
     iptables-save > $R/upgrade.save 2>&1
     dpkg -r vpn-firewall > $R/remove.log 2>&1
+    echo "guard_after_remove=$(systemctl is-active vpn-firewall-guard.service)" >> $R/boot
     iptables-save > $R/remove.save 2>&1
     dpkg -P vpn-firewall > $R/purge.log 2>&1
     echo "purged_etc=$(ls -A /etc/vpn-firewall 2>&1)" >> $R/boot
