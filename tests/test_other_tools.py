@@ -11,6 +11,7 @@ Each static case has a negative control: the same change with the fence taken aw
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -285,5 +286,32 @@ def test_status_tells_a_harmless_reordering_from_a_hole_and_shows_the_guard(tmp_
         assert f"guard: running (pid {guard.proc.pid}, netlink), 1 repair(s)" in out.stdout, out.stdout
         assert "security chain VPNFW-OUTPUT" in out.stdout and "repaired" in out.stdout
         guard.stop()
+    finally:
+        bed.down()
+
+
+RECIPE = T.BASE_CONFIG + "@def $GATEWAY_INTERFACES = (lan+);\n@def $GATEWAY_MASQUERADE = no;\n"  # Docker masquerades
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    if not shutil.which("openvpn"):
+        pytest.skip("needs openvpn")
+    return T.PKI(str(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_containers_reach_the_world_only_through_the_tunnel(tmp_path, pki, backend):
+    """The recipe of the man page: the bridge as an internal interface ($GATEWAY_INTERFACES, a
+    pattern), Docker's rules above ours. VPN up: through the tunnel; VPN killed: nothing out."""
+    bed = _bed(tmp_path, backend, config=RECIPE, pki=pki)
+    try:
+        apply(bed, DOCKER)
+        seen = bed.probe("http", T.WEB_V4, 80, ns=bed.lan)
+        assert seen.startswith("10.8.0."), f"the container's fetch went through the tunnel: {seen}"
+        bed.stop("vpn-client", signal.SIGKILL)
+        time.sleep(0.3)
+        assert bed.probe("http", T.WEB_V4, 80, ns=bed.lan).startswith(("error:", "timeout"))
+        assert flood_leaks(bed) == [], "VPN down: nothing of the container's leaves"
     finally:
         bed.down()
