@@ -263,6 +263,8 @@ def _gateway_forward(family, settings):
     rules = [_rule(family, chain, (), (("conntrack", ((False, "--ctstate", "INVALID"),)),), "DROP")]
     servers = _dns_servers(family, settings)
     for inside in settings.gateway_interfaces:
+        # within one internal network (a bridge whose frames pass iptables: br_netfilter)
+        rules.append(_rule(family, chain, (_h("-i", inside), _h("-o", inside))))
         for tunnel in settings.vpn_interfaces:
             for dst in (servers if servers is not None else [None]):
                 for proto, match in (("udp", UDP_DNS), ("tcp", TCP_DNS)):
