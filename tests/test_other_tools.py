@@ -315,3 +315,37 @@ def test_containers_reach_the_world_only_through_the_tunnel(tmp_path, pki, backe
         assert flood_leaks(bed) == [], "VPN down: nothing of the container's leaves"
     finally:
         bed.down()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_containers_on_one_bridge_reach_each_other(tmp_path, netns, backend):
+    """Two 'containers' on a bridge docker0 whose frames pass iptables (br_netfilter, as
+    Docker turns it on): they reach each other with the recipe, our jump first or Docker's."""
+    from conftest import backend_path, run_loader, write_config
+
+    env = {"PATH": backend_path(tmp_path, backend)}
+    conf = write_config(tmp_path / "conf", {"30_user.conf": "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n"
+                                                           "@def $GATEWAY_INTERFACES = (docker0 br-+);\n"})
+    host, a, b = netns("host"), netns("ca"), netns("cb")
+    host.sh("ip link add docker0 type bridge && ip link set docker0 up && sysctl -qw net.bridge.bridge-nf-call-iptables=1")
+    for n, ns in enumerate((a, b), 2):
+        subprocess.run(["ip", "link", "add", f"veth{n}", "netns", host.name, "type", "veth", "peer", "name", "eth0",
+                        "netns", ns.name], check=True)
+        host.sh(f"ip link set veth{n} master docker0 && ip link set veth{n} up")
+        ns.sh(f"ip addr add 172.17.0.{n}/16 dev eth0 && ip link set eth0 up")
+    assert run_loader(["--config-dir", conf, "start"], env=env, netns=host.name).returncode == 0
+    serve = subprocess.Popen(["ip", "netns", "exec", b.name, sys.executable, T.PROBE, "serve", "7000", "172.17.0.3"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert serve.stdout.readline().strip() == "ready"
+        assert a.sh(f"{sys.executable} {T.PROBE} tcp 172.17.0.3 7000").stdout.strip() == "ok"
+        counted = host.sh(f"iptables-{backend}-save -c -t filter").stdout
+        assert any("-i docker0 -o docker0 -j ACCEPT" in line and not line.startswith("[0:")
+                   for line in counted.splitlines()), "the frames did pass iptables (br_netfilter)"
+        # the negative control: without the bridge as an internal interface, nothing passes
+        write_config(tmp_path / "conf", {"30_user.conf": "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n"})
+        assert run_loader(["--config-dir", conf, "reload"], env=env, netns=host.name).returncode == 0
+        assert a.sh(f"{sys.executable} {T.PROBE} tcp 172.17.0.3 7000").stdout.strip() != "ok"
+    finally:
+        serve.kill()
+        serve.wait()
