@@ -77,11 +77,21 @@ domain ip6 chain OUTPUT mod owner uid-owner 0 { proto icmpv6 icmpv6-type neighbo
     ]
 
 
-def test_user_rules_come_after_loopback_and_before_the_policy(tmp_path):
-    rules = compile_text(tmp_path, "chain OUTPUT daddr 192.0.2.9 DROP;").ruleset["ip"]
+def test_user_rules_come_after_loopback_and_the_tunnel_flow_marks_and_before_the_policy(tmp_path):
+    text = "@def $VPN_INTERFACES = (tun+);\nchain (INPUT OUTPUT) daddr 192.0.2.9 DROP;"
+    rules = compile_text(tmp_path, text).ruleset["ip"]
     out = [rule_line(r) for r in rules if r.chain == "OUTPUT" and r.table == "filter"]
-    assert out[:3] == ["-A VPNFW-OUTPUT -j MARK --set-xmark 0x10000000/0x10000000",
-                       "-A VPNFW-OUTPUT -o lo -j ACCEPT", "-A VPNFW-OUTPUT -d 192.0.2.9/32 -j DROP"]
+    assert out[:4] == ["-A VPNFW-OUTPUT -j MARK --set-xmark 0x10000000/0x10000000",
+                       "-A VPNFW-OUTPUT -o lo -j ACCEPT",
+                       "-A VPNFW-OUTPUT -o tun+ -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x20000000/0x20000000",
+                       "-A VPNFW-OUTPUT -d 192.0.2.9/32 -j DROP"]
+    # a spoofed reply to a tunnel flow is dropped before an ESTABLISHED accept of the user's could take it
+    out = [rule_line(r) for r in rules if r.chain == "INPUT" and r.table == "filter"]
+    assert out[:5] == ["-A VPNFW-INPUT -j MARK --set-xmark 0x10000000/0x10000000",
+                       "-A VPNFW-INPUT -i lo -j ACCEPT",
+                       "-A VPNFW-INPUT -i tun+ -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x20000000/0x20000000",
+                       "-A VPNFW-INPUT -m connmark --mark 0x20000000/0x20000000 -j VPNFW-TUNNEL-FLOWS",
+                       "-A VPNFW-INPUT -d 192.0.2.9/32 -j DROP"]
 
 
 def test_nat_rules_go_to_our_nat_chain(tmp_path):

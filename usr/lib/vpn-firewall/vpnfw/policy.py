@@ -8,7 +8,7 @@ tunnel must not leave by another interface.
 """
 
 from . import values as V
-from .model import FENCE_TABLE, JUDGED_MARK, LOCKDOWN_COMMENT, Rule, our_chain
+from .model import FENCE_TABLE, JUDGED_MARK, LOCKDOWN_COMMENT, TUNNEL_FLOW_MARK, Rule, our_chain
 
 UDP_DNS = (("udp", ((False, "--dport", "53"),)),)
 TCP_DNS = (("tcp", ((False, "--dport", "53"),)),)
@@ -16,7 +16,24 @@ LOG_LIMIT = ("limit", ((False, "--limit", "5/min"), (False, "--limit-burst", "10
 # What a LAN needs besides its own networks: broadcast and link-scope multicast.
 LAN_MULTICAST = {V.IP: ("224.0.0.0/24", "239.255.255.250/32", "255.255.255.255/32"), V.IP6: ("ff02::/16",)}
 BROADCAST = (("addrtype", ((False, "--dst-type", "BROADCAST"),)),)
+# A LAN host may talk to this machine only at an address of the interface it came in by (or
+# to everyone): its probes of the tunnel's address, which would answer, stay unanswered.
+# IPv6's addrtype ANDs the types it is given (IPv4's ORs them): LOCAL alone there, the
+# link-scope multicast a LAN needs has its own rule.
+ON_THIS_LINK = {V.IP: (("addrtype", ((False, "--dst-type", "LOCAL,BROADCAST,MULTICAST"),
+                                     (False, "--limit-iface-in", None))),),
+                V.IP6: (("addrtype", ((False, "--dst-type", "LOCAL"), (False, "--limit-iface-in", None))),)}
 DHCP_OUT = {V.IP: ("68", "67"), V.IP6: ("546", "547")}
+# Where a DHCP client's unicast may go: the private and link-local networks that LANs use
+# (and $LAN_NETS). Never an arbitrary host: a rogue server on the LAN may name an internet
+# host as its server identifier, and the client would renew there, outside the tunnel.
+DHCP_PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
+# DHCPv6 lives on the link: All_DHCP_Relay_Agents_and_Servers and link-local addresses.
+LINK_LOCAL6 = ("fe80::/10",)
+DHCP6_PEERS = ("ff02::1:2/128",) + LINK_LOCAL6
+# Neighbour discovery answers only on the link; a solicitation from a spoofed off-link
+# source must not make this machine send to that source.
+LINK_SCOPE6 = LINK_LOCAL6 + ("ff02::/16",)
 NDP_OUT = ("133", "135", "136")  # router and neighbour solicitation, neighbour advertisement
 NDP_IN = ("134", "135", "136")  # router advertisement, neighbour solicitation and advertisement
 MLD_REPORT = "143"
@@ -28,6 +45,7 @@ HOP_LIMIT_255 = ("hl", ((False, "--hl-eq", "255"),))  # only on-link senders can
 SERVER_LIST_SPLIT = 32
 SERVER_FANOUT = 16
 SERVER_CHAIN = "SERVERS-"
+TUNNEL_FLOW_CHAIN = "TUNNEL-FLOWS"
 
 
 def _rule(family, chain, header=(), matches=(), target="ACCEPT", options=()):
@@ -123,9 +141,58 @@ def _icmp6(chain, types, extra_header=()):
     ]
 
 
+def _dhcp_peers(family, chain, settings):
+    """The networks a DHCP client may send to (OUTPUT) or hear from (INPUT)."""
+    if family == V.IP6:
+        return DHCP6_PEERS if chain == "OUTPUT" else LINK_LOCAL6
+    peers = list(DHCP_PRIVATE)
+    peers += [net for fam, net in settings.lan_nets if fam == family and net not in peers]
+    return peers
+
+
+def _dhcp_rules(family, chain, settings):
+    client, server = DHCP_OUT[family]
+    if chain == "OUTPUT":
+        flag, ports = "-d", _ports("udp", client, server)
+        rules = [_rule(family, chain, (_h("-p", "udp"),), ports + BROADCAST)] if family == V.IP else []
+    else:
+        flag, ports, rules = "-s", _ports("udp", server, client), []
+    rules += [_rule(family, chain, (_h(flag, net), _h("-p", "udp")), ports) for net in _dhcp_peers(family, chain, settings)]
+    if family == V.IP6 and chain == "OUTPUT":
+        rules += [rule for dst in LINK_SCOPE6 for rule in _icmp6(chain, NDP_OUT, (_h("-d", dst),))]
+        rules.append(_rule(V.IP6, chain, (_h("-d", "ff02::16/128"), _h("-p", "ipv6-icmp")),
+                           (("icmp6", ((False, "--icmpv6-type", MLD_REPORT),)),)))
+    elif family == V.IP6:
+        rules += _icmp6(chain, NDP_IN)
+    return rules
+
+
+def _tunnel_flows(family, chain, settings):
+    """The tunnel's connections get TUNNEL_FLOW_MARK when they begin; in INPUT a packet of
+    one of them that did not come by the tunnel goes to the chain that drops it. Before the
+    user's rules: an ESTABLISHED accept of theirs must not let a spoofed reply in."""
+    flag = "-o" if chain == "OUTPUT" else "-i"
+    new = (("conntrack", ((False, "--ctstate", "NEW"),)),)
+    rules = [_rule(family, chain, (_h(flag, iface),), new, "CONNMARK", (("--set-xmark", TUNNEL_FLOW_MARK),))
+             for iface in settings.vpn_interfaces]
+    if chain == "INPUT":
+        rules.append(_rule(family, chain, (), (("connmark", ((False, "--mark", TUNNEL_FLOW_MARK),)),),
+                           our_chain(TUNNEL_FLOW_CHAIN)))
+    return rules
+
+
+def _tunnel_flow_chain(family, settings):
+    """Where a packet of a tunnel flow goes in INPUT: back if it came by the tunnel, else dropped."""
+    rules = [_rule(family, TUNNEL_FLOW_CHAIN, (_h("-i", iface),), (), "RETURN") for iface in settings.vpn_interfaces]
+    if settings.log_blocked:  # "spoof", not "spoofed": a log prefix has room for 29 characters
+        rules.append(_log(family, TUNNEL_FLOW_CHAIN, "spoof"))
+    return rules + [_rule(family, TUNNEL_FLOW_CHAIN, (), (), "DROP")]
+
+
 def _lan_rules(family, chain, settings):
     flag = "-d" if chain == "OUTPUT" else "-s"
-    out = [_rule(family, chain, (_h(flag, net),)) for fam, net in settings.lan_nets if fam == family]
+    on_link = () if chain == "OUTPUT" else ON_THIS_LINK[family]
+    out = [_rule(family, chain, (_h(flag, net),), on_link) for fam, net in settings.lan_nets if fam == family]
     out += [_rule(family, chain, (_h("-d", net),)) for net in LAN_MULTICAST[family]]
     if family == V.IP:
         out.append(_rule(family, chain, (), BROADCAST))
@@ -199,6 +266,7 @@ def fence(family, tunnels, inside):
 
 def output_chain(family, settings, user):
     rules = [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
+    rules += _tunnel_flows(family, "OUTPUT", settings)
     rules += user
     # The tunnel before the servers: its packets are most of the traffic, and so need not
     # pass a long list of servers on their way.
@@ -211,12 +279,7 @@ def output_chain(family, settings, user):
     # the internal network of gateway mode is trusted like the tunnel: it is not the outside
     rules += [_rule(family, "OUTPUT", (_h("-o", iface),)) for iface in settings.gateway_interfaces]
     if settings.allow_dhcp:
-        client, server = DHCP_OUT[family]
-        rules.append(_rule(family, "OUTPUT", (_h("-p", "udp"),), _ports("udp", client, server)))
-        if family == V.IP6:
-            rules += _icmp6("OUTPUT", NDP_OUT)
-            rules.append(_rule(V.IP6, "OUTPUT", (_h("-d", "ff02::16/128"), _h("-p", "ipv6-icmp")),
-                               (("icmp6", ((False, "--icmpv6-type", MLD_REPORT),)),)))
+        rules += _dhcp_rules(family, "OUTPUT", settings)
     if settings.allow_lan:
         rules += _lan_rules(family, "OUTPUT", settings)
     if settings.log_blocked:
@@ -226,15 +289,13 @@ def output_chain(family, settings, user):
 
 def input_chain(family, settings, user):
     rules = [_judged(family, "INPUT"), _rule(family, "INPUT", (_h("-i", "lo"),))]
+    rules += _tunnel_flows(family, "INPUT", settings)
     rules += user
     # replies first: most packets; no packet is both a reply and INVALID
     rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "RELATED,ESTABLISHED"),)),)))
     rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "INVALID"),)),), "DROP"))
     if settings.allow_dhcp:
-        client, server = DHCP_OUT[family]
-        rules.append(_rule(family, "INPUT", (_h("-p", "udp"),), _ports("udp", server, client)))
-        if family == V.IP6:
-            rules += _icmp6("INPUT", NDP_IN)
+        rules += _dhcp_rules(family, "INPUT", settings)
     if settings.allow_incoming_vpn:
         rules += [_rule(family, "INPUT", (_h("-i", iface),)) for iface in settings.vpn_interfaces]
     rules += [_rule(family, "INPUT", (_h("-i", iface),)) for iface in settings.gateway_interfaces]
@@ -242,7 +303,7 @@ def input_chain(family, settings, user):
         rules += _lan_rules(family, "INPUT", settings)
     if settings.log_blocked:
         rules.append(_log(family, "INPUT", "in"))
-    return rules + [_rule(family, "INPUT", (), (), "DROP")]
+    return rules + [_rule(family, "INPUT", (), (), "DROP")] + _tunnel_flow_chain(family, settings)
 
 
 def forward_chain(family, settings, user):
