@@ -10,6 +10,12 @@
     netprobe.py stream ADDR PORT SECONDS        a TCP connection that keeps sending
     netprobe.py raw ADDR                 one UDP datagram from a raw socket
     netprobe.py udpfrom SPORT ADDR PORT  one UDP datagram from a given source port
+    netprobe.py udpwait ADDR PORT SECONDS  a UDP flow: sends hello, prints "local ADDR PORT", then
+                                         "got:DATA" for each datagram that arrives, then "end"
+    netprobe.py inject IFACE MAC SRC SPORT DST DPORT DATA   one UDP frame written straight onto
+                                         IFACE for MAC, any source: a LAN attacker's spoofed packet
+    netprobe.py spoof-ns IFACE SRC TARGET   a neighbour solicitation for TARGET from any source
+                                         (hop limit 255, to TARGET's solicited-node group)
 """
 
 import errno
@@ -163,9 +169,85 @@ def raw(addr):
         return "error:" + errno.errorcode.get(e.errno, str(e.errno))
 
 
+def udpwait(addr, port, seconds):
+    import time
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((addr, port))
+    s.send(b"hello")
+    local = s.getsockname()
+    print(f"local {local[0]} {local[1]}", flush=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            print("got:" + s.recv(2048).decode(errors="replace"), flush=True)
+        except socket.timeout:
+            break
+        except OSError:  # an ICMP error for an earlier send: the flow goes on
+            continue
+    return "end"
+
+
+def _checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _ip_packet(src, dst, proto, l4, hop_limit=64):
+    """An IPv4 or IPv6 header in front of a layer 4 segment whose checksum field is at
+    offset 2 (ICMPv6) or 6 (UDP) and still zero: it is filled in here."""
+    import struct
+    at = 2 if proto == 58 else 6
+    if ":" in src:
+        s, d = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+        pseudo = s + d + struct.pack("!I3xB", len(l4), proto)
+        l4 = l4[:at] + struct.pack("!H", _checksum(pseudo + l4)) + l4[at + 2:]
+        return 0x86DD, struct.pack("!IHBB", 6 << 28, len(l4), proto, hop_limit) + s + d + l4
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    pseudo = s + d + struct.pack("!xBH", proto, len(l4))
+    l4 = l4[:at] + struct.pack("!H", _checksum(pseudo + l4)) + l4[at + 2:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, hop_limit, proto, 0, s, d)
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return 0x0800, header + l4
+
+
+def _send_frame(iface, mac, ethertype, packet):
+    import struct
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((iface, 0))
+    own = s.getsockname()[4]
+    s.send(bytes.fromhex(mac.replace(":", "")) + own + struct.pack("!H", ethertype) + packet)
+    return "sent"
+
+
+def inject(iface, mac, src, sport, dst, dport, data):
+    import struct
+    payload = data.encode()
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return _send_frame(iface, mac, *_ip_packet(src, dst, 17, udp))
+
+
+def spoof_ns(iface, src, target):
+    import struct
+    t = socket.inet_pton(socket.AF_INET6, target)
+    group = "ff02::1:ff" + t[13:].hex()[:2] + ":" + t[14:].hex()
+    group = str(__import__("ipaddress").IPv6Address(group))
+    own = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    own.bind((iface, 0))
+    lladdr = own.getsockname()[4]
+    icmp = struct.pack("!BBHI", 135, 0, 0, 0) + t + struct.pack("!BB", 1, 1) + lladdr
+    mac = "33:33:" + ":".join(f"{b:02x}" for b in socket.inet_pton(socket.AF_INET6, group)[12:])
+    return _send_frame(iface, mac, *_ip_packet(src, group, 58, icmp, hop_limit=255))
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    commands = {"http": http, "dns": dns, "flood": flood, "stream": stream, "raw": raw, "udpfrom": udpfrom}
+    commands = {"http": http, "dns": dns, "flood": flood, "stream": stream, "raw": raw, "udpfrom": udpfrom,
+                "udpwait": udpwait, "inject": inject, "spoof-ns": spoof_ns}
     if cmd in commands:
         print(commands[cmd](*[int(a) if a.isdigit() else a for a in args]))
         sys.exit(0)
