@@ -444,3 +444,74 @@ def test_a_lan_host_probing_the_tunnel_address_gets_no_answer(pki, fixed):
             assert len(from_tunnel) == 2, f"negative control: the tunnel address answers: {answers}"
     finally:
         bed.down()
+
+
+# -- 4. paths around the firewall: tunnel look-alikes, macvlan, bridges without br_netfilter ---
+def _leak_test(bed):
+    return bed.in_ns(bed.client, [sys.executable, T.LOADER, "--config-dir", bed.confdir, "leak-test"], check=False)
+
+
+LOOK_ALIKES = {
+    "macvlan on eth0": ["ip", "link", "add", "link", "eth0", "name", "tun5", "type", "macvlan", "mode", "bridge"],
+    "veth": ["ip", "link", "add", "tun5", "type", "veth", "peer", "name", "other5"],
+    "bridge": ["ip", "link", "add", "tun5", "type", "bridge"],
+    "renamed eth0": ["ip", "link", "set", "eth0", "name", "tun5"],
+    "a real tun device": ["ip", "tuntap", "add", "dev", "tun5", "mode", "tun"],
+}
+
+
+@pytest.mark.parametrize("kind", LOOK_ALIKES)
+def test_leak_test_and_status_name_a_tunnel_look_alike(pki, kind):
+    bed = T.Testbed(pki[0], pki[1])
+    try:
+        bed.up(vpn=False)
+        c = lambda *a: bed.in_ns(bed.client, list(a))  # noqa: E731
+        if kind == "renamed eth0":
+            c("ip", "link", "set", "eth0", "down")
+        c(*LOOK_ALIKES[kind])
+        c("ip", "link", "set", "tun5", "up")
+        out = _leak_test(bed)
+        status = bed.loader("status").stdout
+        if kind == "a real tun device":  # the negative control: a tunnel is no look-alike
+            assert out.returncode == 0, out.stdout
+            assert "around the firewall" not in out.stdout + status
+            return
+        assert out.returncode == 1, out.stdout
+        assert "LEAK: around the firewall: tun5: named like a tunnel ($VPN_INTERFACES tun+) but a" in out.stdout
+        assert "1 interface(s) only named like the tunnel: this machine is NOT protected" in out.stdout
+        assert "LEAK: around the firewall: tun5: named like a tunnel" in status
+        if kind == "macvlan on eth0":
+            # what the look-alike sends passes the kill switch and goes out on the LAN
+            c("ip", "addr", "add", "198.19.0.77/24", "dev", "tun5")
+            assert "on eth0, not a tunnel" in out.stdout
+            before = bed.frames_so_far()
+            bed.probe("udp", T.ROUTER_V4, "9", "tun5")
+            assert [f for f in T.read_pcap(bed.pcap)[before:] if f.src == "198.19.0.77" and not f.arp]
+    finally:
+        bed.down()
+
+
+def test_leak_test_warns_of_macvlan_devices_and_bridges_that_iptables_cannot_see(pki):
+    bed = T.Testbed(pki[0], pki[1])
+    try:
+        bed.up(vpn=False)
+        c = lambda *a: bed.in_ns(bed.client, list(a), check=False)  # noqa: E731
+        c("ip", "link", "add", "link", "eth0", "name", "mv0", "type", "macvlan")
+        c("ip", "link", "add", "br0", "type", "bridge")
+        c("ip", "link", "add", "port0", "type", "veth", "peer", "name", "port1")
+        c("ip", "link", "set", "port0", "master", "br0")
+        switch = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        have_br_netfilter = c("test", "-e", switch).returncode == 0
+        for key in ("iptables", "ip6tables"):
+            c("sysctl", "-qw", f"net.bridge.bridge-nf-call-{key}=0")
+        out = _leak_test(bed)
+        assert out.returncode == 0, "warnings, not a failure: " + out.stdout
+        assert "warning: around the firewall: mv0: a macvlan device on eth0" in out.stdout
+        assert "warning: around the firewall: br0: a bridge with ports port0, and br_netfilter is off" in out.stdout
+        if have_br_netfilter:  # the negative control: bridged frames that iptables sees are no path around
+            for key in ("iptables", "ip6tables"):
+                c("sysctl", "-qw", f"net.bridge.bridge-nf-call-{key}=1")
+            out = _leak_test(bed)
+            assert "br0: a bridge" not in out.stdout and "mv0: a macvlan" in out.stdout
+    finally:
+        bed.down()

@@ -8,29 +8,18 @@ no route never left; one that was handed to the network left.
 """
 
 import errno
-import os
 import select
 import socket
 import subprocess
 import time
+
+from . import links
 
 TARGETS = {"ip": "192.0.2.1", "ip6": "2001:db8::1"}
 PORT = 9  # discard
 BLOCKED, NO_ROUTE, LEFT = "blocked", "no route", "LEFT"
 NO_ROUTE_ERRORS = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENODEV, errno.EAFNOSUPPORT)
 LOCAL_REJECT_SECONDS = 0.05  # a refusal this fast came from this machine's own rules
-
-
-def interfaces() -> list:
-    sys_net = os.path.join(os.environ.get("VPN_FIREWALL_SYS", "/sys"), "class", "net")
-    try:
-        return sorted(os.listdir(sys_net))
-    except OSError:
-        return []
-
-
-def is_vpn(name: str, patterns) -> bool:
-    return any(name.startswith(p[:-1]) if p.endswith("+") else name == p for p in patterns)
 
 
 def _socket(family: str, kind, device):
@@ -90,7 +79,8 @@ def route_device(family: str) -> str:
 def leak_test(patterns, families) -> int:
     """Print the findings; 0 only if nothing can leave outside the tunnel."""
     rows, leaks = [], 0
-    physical = [n for n in interfaces() if n != "lo" and not is_vpn(n, patterns)]
+    links_here = links.read_links()
+    physical = [link.name for link in links_here if link.name != "lo" and not links.matches(link.name, patterns)]
     for name in physical:
         for family in families:
             tcp, udp = try_tcp(family, name), try_udp(family, name)
@@ -99,7 +89,7 @@ def leak_test(patterns, families) -> int:
     for family in families:
         device = route_device(family)
         tcp, udp = try_tcp(family), try_udp(family)
-        through_tunnel = is_vpn(device, patterns)
+        through_tunnel = links.matches(device, patterns)
         if not through_tunnel:
             leaks += (tcp.startswith(LEFT)) + (udp.startswith(LEFT))
         rows.append(("(routed)", family, f"via {device or 'no route'}" + (" (tunnel)" if through_tunnel else ""),
@@ -107,19 +97,17 @@ def leak_test(patterns, families) -> int:
     print(f"{'interface':12} {'family':6} {'socket':24} {'tcp':10} udp")
     for name, family, how, tcp, udp in rows:
         print(f"{name:12} {family:6} {how:24} {tcp:10} {udp}")
-    vpn = [n for n in interfaces() if is_vpn(n, patterns)]
-    print(f"vpn interfaces ({' '.join(patterns)}): {', '.join(_state(n) for n in vpn) or 'none present'}")
-    if leaks:
-        print(f"RESULT: {leaks} probe(s) LEFT outside the tunnel: this machine is NOT protected")
+    vpn = [f"{link.name} ({link.state})" for link in links_here if links.matches(link.name, patterns)]
+    print(f"vpn interfaces ({' '.join(patterns)}): {', '.join(vpn) or 'none present'}")
+    # the probes above trust the names: a device named like the tunnel is not probed
+    around = links.paths_around(links_here, patterns)
+    for path in around:
+        print(f"{'LEAK' if path.fatal else 'warning'}: around the firewall: {links.describe(path)}")
+    fakes = sum(path.fatal for path in around)
+    if leaks or fakes:
+        found = [f"{leaks} probe(s) LEFT outside the tunnel"] if leaks else []
+        found += [f"{fakes} interface(s) only named like the tunnel"] if fakes else []
+        print(f"RESULT: {' and '.join(found)}: this machine is NOT protected")
         return 1
     print("RESULT: nothing can leave outside the tunnel")
     return 0
-
-
-def _state(name: str) -> str:
-    path = os.path.join(os.environ.get("VPN_FIREWALL_SYS", "/sys"), "class", "net", name, "operstate")
-    try:
-        with open(path) as f:
-            return f"{name} ({f.read().strip()})"
-    except OSError:
-        return name

@@ -8,7 +8,7 @@ import os
 import re
 import time
 
-from . import kernel, load
+from . import kernel, links, load
 from .errors import ConfigError, LoadError
 from .model import BUILTIN_CHAINS, our_chain
 
@@ -16,23 +16,9 @@ IN_SYNC, DIFFERENT, NOT_LOADED = 0, 1, 3
 LOG_LINE = re.compile(r"vpn-firewall blocked (\w+): (.*)")
 
 
-def vpn_interfaces(patterns) -> list:
+def vpn_interfaces(links_here, patterns) -> list:
     """(name, operstate) of the interfaces that match iptables-style names ('tun+')."""
-    sys_net = os.path.join(os.environ.get("VPN_FIREWALL_SYS", "/sys"), "class", "net")
-    try:
-        names = sorted(os.listdir(sys_net))
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        if any(name.startswith(p[:-1]) if p.endswith("+") else name == p for p in patterns):
-            try:
-                with open(os.path.join(sys_net, name, "operstate")) as f:
-                    state = f.read().strip()
-            except OSError:
-                state = "unknown"
-            found.append((name, state))
-    return found
+    return [(link.name, link.state) for link in links_here if links.matches(link.name, patterns)]
 
 
 def blocked(dump) -> tuple:
@@ -118,8 +104,11 @@ def gather(config_dir: str, compile_config) -> dict:
         entry["blocked"] = per_chain
         entry["blocked_rules"] = [{"chain": c, "rule": r, "packets": p} for c, r, p in per_rule]
     patterns = list(compiled.settings.vpn_interfaces) if compiled else ["tun+", "wg+"]
-    facts["vpn_interfaces"] = [{"name": n, "state": s} for n, s in vpn_interfaces(patterns)]
+    links_here = links.read_links()
+    facts["vpn_interfaces"] = [{"name": n, "state": s} for n, s in vpn_interfaces(links_here, patterns)]
     facts["vpn_interface_patterns"] = patterns
+    facts["paths_around"] = [{"interface": p.name, "what": p.what, "leak": p.fatal}
+                             for p in links.paths_around(links_here, patterns)]
     facts["recent_blocked"] = recent_blocked()
     from .guard import read_status
 
@@ -171,6 +160,8 @@ def show(facts) -> None:
                   f"{r['outcome']} in {r['ms']:.0f} ms")
     shown = ", ".join(f"{i['name']} ({i['state']})" for i in facts["vpn_interfaces"]) or "none present"
     print(f"vpn interfaces ({' '.join(facts['vpn_interface_patterns'])}): {shown}")
+    for path in facts["paths_around"]:
+        print(f"{'LEAK' if path['leak'] else 'warning'}: around the firewall: {path['interface']}: {path['what']}")
     recent = facts["recent_blocked"]
     if recent is None:
         print("recently blocked: the kernel log is not readable here")
