@@ -515,3 +515,61 @@ def test_leak_test_warns_of_macvlan_devices_and_bridges_that_iptables_cannot_see
             assert "br0: a bridge" not in out.stdout and "mv0: a macvlan" in out.stdout
     finally:
         bed.down()
+
+
+# -- 5. the techniques the review found blocked stay blocked ---------------------------------
+TECHNIQUES = """if 1:
+    import socket, sys
+    web4, web6 = sys.argv[1], sys.argv[2]
+    def attempt(name, family, dst, size=8, setup=lambda s: None):
+        try:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            setup(s)
+            s.sendto(b"x" * size, dst)
+            print(name, "sent")
+        except OSError as e:
+            print(name, "refused" if e.errno == 1 else "error:%d" % e.errno)
+    attempt("ipv4-mapped", socket.AF_INET6, ("::ffff:" + web4, 9))
+    attempt("nat64", socket.AF_INET6, ("64:ff9b::c612:a", 9))
+    no_df = lambda s: s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER: IP_PMTUDISC_DONT
+    attempt("fragments-v4", socket.AF_INET, (web4, 9), 4000, no_df)
+    attempt("fragments-v6", socket.AF_INET6, (web6, 9), 4000)
+    fence_mark = lambda s: s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x10000000)
+    attempt("the fence's mark (root)", socket.AF_INET, (web4, 9), 8, fence_mark)
+"""
+
+
+@FIXED
+def test_the_techniques_the_review_found_blocked_stay_blocked(pki, fixed):
+    """Without vpn-firewall each of these leaves: the negative control."""
+    bed = T.Testbed(pki[0], pki[1], firewall=fixed)
+    try:
+        bed.up(vpn=False)
+        out = bed.in_ns(bed.client, [sys.executable, "-c", TECHNIQUES, T.WEB_V4, T.WEB_V6]).stdout
+        results = dict(line.rsplit(" ", 1) for line in out.splitlines())
+        unprivileged = bed.in_ns(bed.client, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                              sys.executable, "-c", """if 1:
+            import socket
+            for name, make in (("raw socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, 17)),
+                               ("packet socket", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW)),
+                               ("SO_MARK", lambda: socket.socket().setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 1))):
+                try:
+                    make()
+                    print(name, "allowed")
+                except PermissionError:
+                    print(name, "refused")
+            """]).stdout
+        time.sleep(0.3)
+        left = [f for f in T.read_pcap(bed.pcap) if f.dst in (T.WEB_V4, T.WEB_V6, "64:ff9b::c612:a")]
+        # without the capabilities, none of the ways around iptables is open to an unprivileged program
+        assert unprivileged.split() == ["raw", "socket", "refused", "packet", "socket", "refused", "SO_MARK", "refused"]
+        if fixed:
+            assert set(results.values()) == {"refused"}, results
+            assert left == [], left
+        else:
+            assert set(results.values()) == {"sent"}, results
+            kinds = {("v6" if ":" in f.dst and not f.dst.startswith("64:") else "nat64" if f.dst.startswith("64:")
+                      else "v4") for f in left}
+            assert kinds == {"v4", "v6", "nat64"} and len(left) >= 7, left  # fragments: several frames each
+    finally:
+        bed.down()
