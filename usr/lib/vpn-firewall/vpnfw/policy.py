@@ -8,7 +8,8 @@ tunnel must not leave by another interface.
 """
 
 from . import values as V
-from .model import FENCE_TABLE, JUDGED_MARK, LOCKDOWN_COMMENT, TUNNEL_FLOW_MARK, Rule, our_chain
+from .model import (FENCE_TABLE, JUDGED_MARK, LOCKDOWN_COMMENT, TUNNEL_FLOW_CHAIN, TUNNEL_FLOW_MARK, Rule,
+                    our_chain)
 
 UDP_DNS = (("udp", ((False, "--dport", "53"),)),)
 TCP_DNS = (("tcp", ((False, "--dport", "53"),)),)
@@ -45,7 +46,6 @@ HOP_LIMIT_255 = ("hl", ((False, "--hl-eq", "255"),))  # only on-link senders can
 SERVER_LIST_SPLIT = 32
 SERVER_FANOUT = 16
 SERVER_CHAIN = "SERVERS-"
-TUNNEL_FLOW_CHAIN = "TUNNEL-FLOWS"
 
 
 def _rule(family, chain, header=(), matches=(), target="ACCEPT", options=()):

@@ -10,7 +10,7 @@ import time
 
 from . import kernel, links, load
 from .errors import ConfigError, LoadError
-from .model import BUILTIN_CHAINS, our_chain
+from .model import BUILTIN_CHAINS, TUNNEL_FLOW_CHAIN, our_chain
 
 IN_SYNC, DIFFERENT, NOT_LOADED = 0, 1, 3
 LOG_LINE = re.compile(r"vpn-firewall blocked (\w+): (.*)")
@@ -25,7 +25,7 @@ def blocked(dump) -> tuple:
     """({chain: packets}, [(chain, rule, packets)]) of the DROP and REJECT rules in our chains."""
     rules = dump.tables.get("filter", ({}, {}))[1]
     per_chain, per_rule = {}, []
-    for builtin in BUILTIN_CHAINS["filter"]:
+    for builtin in BUILTIN_CHAINS["filter"] + (TUNNEL_FLOW_CHAIN,):  # the last: spoofed packets of tunnel flows
         chain = our_chain(builtin)
         total = 0
         for line, (packets, _) in zip(rules.get(chain, []), dump.counters.get(("filter", chain), [])):
