@@ -25,10 +25,11 @@ ON_THIS_LINK = {V.IP: (("addrtype", ((False, "--dst-type", "LOCAL,BROADCAST,MULT
                                      (False, "--limit-iface-in", None))),),
                 V.IP6: (("addrtype", ((False, "--dst-type", "LOCAL"), (False, "--limit-iface-in", None))),)}
 DHCP_OUT = {V.IP: ("68", "67"), V.IP6: ("546", "547")}
-# Where a DHCP client's unicast may go: the private and link-local networks that LANs use
-# (and $LAN_NETS). Never an arbitrary host: a rogue server on the LAN may name an internet
-# host as its server identifier, and the client would renew there, outside the tunnel.
-DHCP_PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")
+# Where a DHCP client's unicast may go: the private, link-local and carrier-grade NAT
+# networks that LANs and mobile hotspots use (none is routed on the internet), and
+# $LAN_NETS. Never an arbitrary host: a rogue server on the LAN may name an internet host
+# as its server identifier, and the client would renew there, outside the tunnel.
+DHCP_PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
 # DHCPv6 lives on the link: All_DHCP_Relay_Agents_and_Servers and link-local addresses.
 LINK_LOCAL6 = ("fe80::/10",)
 DHCP6_PEERS = ("ff02::1:2/128",) + LINK_LOCAL6
