@@ -19,7 +19,8 @@ def say(level: str, message: str) -> None:
 
 
 # ruleset: family -> rules
-Compiled = namedtuple("Compiled", "ruleset settings")
+# resolving: the host names @resolve asked for
+Compiled = namedtuple("Compiled", "ruleset settings resolving", defaults=((),))
 
 
 def compile_config(config_dir: str, quiet: bool = False) -> "Compiled":
@@ -35,13 +36,14 @@ def compile_config(config_dir: str, quiet: bool = False) -> "Compiled":
     config = read_config(config_dir)
     settings = read_settings(config.variables)
     pinned = pin(settings, say if not quiet else (lambda level, message: None))
-    user_rules = Compiler(config.variables, Services(services_path())).compile(config.statements)
-    for warning in [] if quiet else unused_warnings(config.variables):
+    compiler = Compiler(config.variables, Services(services_path()))
+    user_rules = compiler.compile(config.statements)
+    for warning in [] if quiet else compiler.warnings + unused_warnings(config.variables):
         sys.stderr.write(warning + "\n")
     if not settings.vpn_servers and not quiet:
         say("notice", "$VPN_SERVERS is empty: nothing but LAN/DHCP can leave outside the tunnel, "
                       "so no VPN client can connect; set it in " + os.path.join(config_dir, "30_user.conf"))
-    return Compiled(policy.build(pinned, user_rules), settings)
+    return Compiled(policy.build(pinned, user_rules), settings, tuple(sorted(config.variables.resolving)))
 
 
 class RulesLock:
@@ -89,12 +91,12 @@ def cmd_refresh(args) -> int:
     from .pinned import refresh
 
     try:
-        settings = compile_config(args.config_dir, quiet=True).settings
+        compiled = compile_config(args.config_dir, quiet=True)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return CONFIG_ERROR
     with RulesLock():
-        resolved = refresh(settings, say)
+        resolved = refresh(compiled.settings, say, compiled.resolving)
         code = load.apply(lambda: compile_config(args.config_dir).ruleset, say)
     return code or resolved
 

@@ -10,13 +10,15 @@ type or protocol sends it to its own family only, so one list may mix IPv4 and I
 
 from collections import namedtuple
 
-from . import values as V
-from .errors import ConfigError
-from .model import BUILTIN_CHAINS, Rule
-from .parser import Atom, Bang, ListNode
+import re
 
-HEADER_ORDER = {"-s": 0, "-d": 1, "-i": 2, "-o": 3, "-p": 4}
-CTSTATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
+from . import matches as M, targets as T, values as V
+from .errors import ConfigError
+from .functions import truth
+from .model import BUILTIN_CHAINS, CHAIN_PREFIX, MAX_CHAIN_NAME, USER_CHAIN, Rule, our_chain
+from .parser import REFUSED, Atom, Bang, Call, Def, FuncDef, ListNode
+
+HEADER_ORDER = {"-s": 0, "-d": 1, "-i": 2, "-o": 3, "-p": 4, "-f": 5}
 LOG_LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4,
               "warn": 4, "notice": 5, "info": 6, "debug": 7}
 REJECT_TYPES = {
@@ -27,13 +29,11 @@ REJECT_TYPES = {
             "icmp6-port-unreachable"),
 }
 DEFAULT_REJECT = {V.IP: "icmp-port-unreachable", V.IP6: "icmp6-port-unreachable"}
-TABLE_TARGETS = {
-    "filter": ("ACCEPT", "DROP", "REJECT", "LOG", "RETURN"),
-    "nat": ("ACCEPT", "RETURN", "LOG", "MASQUERADE"),
-}
-ALL_TARGETS = ("ACCEPT", "DROP", "REJECT", "LOG", "RETURN", "MASQUERADE")
-MODULES = ("conntrack", "owner", "comment")
+ALL_TARGETS = T.BASIC + tuple(T.TARGETS)
 NO_INPUT_INTERFACE = ("OUTPUT", "POSTROUTING")
+USER_CHAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# Keywords that stand for a module's option without 'mod' before them, as ferm allows.
+IMPLICIT = {"comment": "comment", "sports": "multiport", "dports": "multiport"}
 NO_OUTPUT_INTERFACE = ("INPUT", "PREROUTING")
 
 
@@ -47,7 +47,8 @@ class Scope(namedtuple("Scope", [
     "module",  # or None
     "proto",  # or None
     "proto_negated",
-])):
+    "auto_proto",  # a '@subchain' inherits its rule's protocol for ports and ICMP types
+], defaults=(None,))):
     __slots__ = ()
 
 
@@ -55,38 +56,95 @@ ROOT = Scope(frozenset(V.FAMILIES), None, "filter", None, (), (), None, None, Fa
 
 
 class Variables:
-    """Values of @def variables (an Atom, or a list of Atoms) and which were used."""
+    """Values of @def variables (an Atom, or a list of Atoms), functions, and which were used.
+
+    Top-level definitions are global (a later file's override an earlier one's, and rules
+    see the final value); a definition inside a block or a function's parameters hold in
+    that block only, as in ferm."""
 
     def __init__(self):
         self.values = {}
         self.defined_at = {}
         self.used = set()
+        self.functions = {}  # name ('&NAME') -> FuncDef, global
+        self.scopes = []  # innermost last: {'$NAME' or '&NAME': value}
+        self.auto = {}  # DOMAIN, TABLE, CHAIN where a value is read
+        self.warnings = []  # "file:line:col: warning: ..." lines
+        self.resolving = set()  # host names @resolve asked for: what `refresh` pins
 
     def define(self, name: str, value, pos) -> None:
         self.values[name] = value
         self.defined_at[name] = pos
 
-    def expand(self, atom: Atom) -> list:
-        """The atoms a value stands for, with variables replaced."""
+    def define_local(self, name: str, value) -> None:
+        self.scopes[-1]["$" + name] = value
+
+    def function(self, call) -> FuncDef:
+        for scope in reversed(self.scopes):
+            if call.name in scope:
+                return scope[call.name]
+        if call.name in self.functions:
+            return self.functions[call.name]
+        raise ConfigError(call.pos, f"undefined function '{call.name}'")
+
+    def lookup(self, name: str, pos):
+        for scope in reversed(self.scopes):
+            if "$" + name in scope:
+                return scope["$" + name]
+        if name in self.values:
+            self.used.add(name)
+            return self.values[name]
+        if name in self.auto:
+            value = self.auto[name]
+            if value is None:
+                raise ConfigError(pos, f"'${name}' has no single value here (a rule for both domains, or "
+                                       "no chain yet): say 'domain ip' or 'domain ip6' first")
+            return Atom("word", value, pos)
+        raise ConfigError(pos, f"undefined variable '${name}'")
+
+    def is_defined(self, name: str) -> bool:
+        return name in self.values or any("$" + name in scope for scope in self.scopes)
+
+    def expand(self, atom) -> list:
+        """The atoms a value stands for: variables replaced, lists flattened, calls made."""
+        if isinstance(atom, ListNode):
+            out = []
+            for item in atom.items:
+                out.extend(self.expand(item))
+            return out
+        if isinstance(atom, Call):
+            from .functions import call_builtin
+
+            if atom.name.startswith("&"):
+                raise ConfigError(atom.pos, f"'{atom.name}' gives rules, not a value: call it where a rule "
+                                            "or a keyword may stand")
+            return call_builtin(self, atom)
+        if atom.kind == "qstring":
+            return [Atom("string", self.interpolate(atom), atom.pos)]
         if atom.kind != "var":
             return [atom]
-        if atom.text not in self.values:
-            raise ConfigError(atom.pos, f"undefined variable '${atom.text}'")
-        self.used.add(atom.text)
-        value = self.values[atom.text]
+        value = self.lookup(atom.text, atom.pos)
         return list(value) if isinstance(value, list) else [value]
+
+    def interpolate(self, atom) -> str:
+        """A double-quoted string with its $variables replaced (a list by its values and spaces)."""
+        import re
+
+        def value(m):
+            return " ".join(a.text for a in self.expand(Atom("var", m.group(1), atom.pos)))
+        return re.sub(r"\$([A-Za-z_][A-Za-z0-9_]*)", value, atom.text)
 
     def evaluate(self, node) -> object:
         """The value of a @def right-hand side, evaluated where it stands."""
-        if isinstance(node, ListNode):
-            out = []
-            for item in node.items:
-                out.extend(self.expand(item))
-            return out
         expanded = self.expand(node)
-        if node.kind == "var" and isinstance(self.values[node.text], list):
+        if isinstance(node, Call):
+            return expanded[0] if len(expanded) == 1 else expanded
+        if isinstance(node, ListNode) or node.kind == "var" and isinstance(self.lookup(node.text, node.pos), list):
             return expanded
         return expanded[0]
+
+
+MAX_CALL_DEPTH = 32
 
 
 class Compiler:
@@ -96,38 +154,174 @@ class Compiler:
         self.rules = []
         self.emitted = set()  # statements (by id of their elements) that produced a rule
         self.skipped = {}  # statement -> why one of its combinations fit no family
+        self.warnings = variables.warnings
+        self.if_false = None  # families for which the last '@if' was false, for an '@else'
+        self.depth = 0
+        self.jumps = []  # (family, table, chain jumped to, pos): checked once every chain is known
+        self.auto_chains = 0  # ferm_auto_N names of '@subchain's without one
+        self.auto_names = {}
+        self.collectors = {}  # id(statement) -> the scopes that reached its block
+        self.deferred = []  # what waits until every alternative of a statement is walked
+        self.generation = 0  # counts statements walked, to tell one '@subchain' from its repetition
+        self.subchains = {}  # (statement, generation, name) -> [inner scope, families]
 
     def compile(self, statements) -> list:
-        for stmt in statements:
-            self._walk(ROOT, stmt, 0, (id(stmt.elements),))
+        self._body(ROOT, statements, ())
         for end, error in self.skipped.items():
             if end not in self.emitted:
                 raise error
+        self._check_jumps()
         return self.rules
+
+    def _check_jumps(self) -> None:
+        """Every chain jumped to has rules in that family and table: an empty one would not load."""
+        have = {(r.family, r.table, r.chain) for r in self.rules}
+        for family, table, chain, pos in self.jumps:
+            if (family, table, chain) not in have:
+                where = f"table {table}" + (f", domain {family}" if len(V.FAMILIES) > 1 else "")
+                raise ConfigError(pos, f"chain {_ferm_chain(chain)!r} is jumped to but has no rules ({where}): "
+                                       "give it at least one rule (an empty chain only returns)")
+
+    def warn(self, pos, message: str) -> None:
+        self.warnings.append(f"{pos}: warning: {message}")
+
+    # -- blocks: their own variables, '@if' ... '@else' -----------------------------------
+    def _body(self, scope: Scope, statements, path: tuple) -> None:
+        self._blocks([scope], statements, path)
+
+    def _blocks(self, scopes: list, statements, path: tuple) -> None:
+        """A block's statements, entered with one scope per alternative of the rule before it.
+        As in ferm, each statement is made for all the alternatives before the next one:
+        'interface (eth0 eth1) { A; B; }' gives A for eth0 and eth1, then B for both."""
+        self.vars.scopes.append({})
+        try:
+            last_if = None  # per scope: the families an '@if' statement was false for
+            for child in statements:
+                if isinstance(child, Def):
+                    self._set_auto(scopes[0])
+                    self.vars.define_local(child.name, self.vars.evaluate(child.value))
+                    continue
+                if isinstance(child, FuncDef):
+                    self.vars.scopes[-1][child.name] = child
+                    continue
+                first = child.elements[0] if child.elements else None
+                is_else = isinstance(first, Atom) and first.kind == "word" and first.text == "@else"
+                if is_else and last_if is None:
+                    raise ConfigError(first.pos, "'@else' without an '@if' in the statement before it")
+                self.generation += 1
+                inner, self.collectors[id(child)] = [], []
+                deferred, self.deferred = self.deferred, []
+                results = []
+                try:
+                    for k, scope in enumerate(scopes):
+                        if is_else:
+                            if last_if[k] & scope.families:
+                                self._walk(_only(scope, last_if[k]), child, 1, path + (id(child.elements),))
+                            continue
+                        self.if_false = None
+                        self._walk(scope, child, 0, path + (id(child.elements),))
+                        results.append(self.if_false)
+                    inner = self.collectors.pop(id(child))
+                    later, self.deferred = self.deferred, deferred
+                finally:
+                    self.collectors.pop(id(child), None)
+                for action in later:  # each '@subchain' block once, for all alternatives
+                    action()
+                if inner:
+                    self._blocks(inner, child.body, path + (id(child.elements),))
+                last_if = None if is_else or all(r is None for r in results) else \
+                    [r if r is not None else frozenset() for r in results]
+        finally:
+            self.vars.scopes.pop()
+
+    def _set_auto(self, scope: Scope) -> None:
+        """$DOMAIN, $TABLE and $CHAIN as ferm sets them, where a value is read."""
+        domain = next(iter(scope.families)) if len(scope.families) == 1 else None
+        self.vars.auto = {"DOMAIN": domain, "TABLE": scope.table, "CHAIN": _ferm_chain(scope.chain)}
 
     # -- the walk over a statement's elements -------------------------------------------
     def _walk(self, scope: Scope, stmt, i: int, path: tuple) -> None:
         elements = stmt.elements
         if i == len(elements):
             if stmt.body is None:
-                raise ConfigError(stmt.end, "expected a target (ACCEPT, DROP, REJECT, LOG, RETURN) before ';'")
-            for child in stmt.body:
-                self._walk(scope, child, 0, path + (id(child.elements),))
+                raise ConfigError(stmt.end, "expected a target (ACCEPT, DROP, REJECT, LOG, RETURN, NOP, jump) "
+                                            "before ';'")
+            if id(stmt) in self.collectors:  # its block is made once all alternatives are known
+                self.collectors[id(stmt)].append(scope)
+            else:
+                self._body(scope, stmt.body, path)
             return
         el = elements[i]
+        self._set_auto(scope)
         if isinstance(el, Bang):
-            raise ConfigError(el.pos, "'!' must follow a keyword, as in 'daddr ! 192.0.2.1'")
+            flag = elements[i + 1] if i + 1 < len(elements) else None
+            if isinstance(flag, Atom) and flag.kind == "word":
+                if flag.text in FLAG_KEYWORDS:
+                    for inner, j in FLAG_KEYWORDS[flag.text](self, scope, elements, i + 2, flag, negated=True):
+                        self._walk(inner, stmt, j, path)
+                    return
+                module = option_module(scope, flag.text)
+                if module and M.MODULES[module][flag.text].kind == "flag":
+                    for inner, j in module_option(self, scope, elements, i + 2, flag, module, negated_flag=True):
+                        self._walk(inner, stmt, j, path)
+                    return
+            raise ConfigError(el.pos, "'!' must follow a keyword, as in 'daddr ! 192.0.2.1', or stand before "
+                                      "a keyword without a value, as in '! syn'")
+        if isinstance(el, Call):
+            self._call(scope, stmt, i, path)
+            return
         if isinstance(el, ListNode) or el.kind != "word":
             raise ConfigError(el.pos, "expected a keyword such as 'chain', 'proto', 'daddr' or a target")
         keyword = el.text
         if keyword in ALL_TARGETS:
             self._target(scope, stmt, i, path)
             return
+        if keyword in REFUSED:
+            raise ConfigError(el.pos, REFUSED[keyword])
+        if keyword in DIRECTIVES:
+            DIRECTIVES[keyword](self, scope, stmt, i, path)
+            return
         handler = KEYWORDS.get(keyword)
+        if scope.module and keyword in M.MODULES[scope.module]:  # 'mod policy proto esp' is policy's
+            handler = None
         if handler is None:
-            raise ConfigError(el.pos, _unknown_keyword(keyword))
-        for inner, j in handler(self, scope, elements, i + 1, el):
+            module = option_module(scope, keyword)
+            if module is None:
+                raise ConfigError(el.pos, _unknown_keyword(keyword))
+            alternatives = module_option(self, scope, elements, i + 1, el, module)
+        else:
+            alternatives = handler(self, scope, elements, i + 1, el)
+        for inner, j in alternatives:
             self._walk(inner, stmt, j, path)
+
+    # -- functions of the user's ----------------------------------------------------------
+    def _call(self, scope: Scope, stmt, i: int, path: tuple) -> None:
+        call = stmt.elements[i]
+        if call.name.startswith("@"):
+            raise ConfigError(call.pos, f"{call.name} gives a value: put it after a keyword, as in "
+                                        f"'daddr {call.name}(...)'")
+        fn = self.vars.function(call)
+        if len(call.args) != len(fn.params):
+            raise ConfigError(call.pos, f"{call.name} takes {len(fn.params)} argument(s), not {len(call.args)}")
+        if self.depth >= MAX_CALL_DEPTH:
+            raise ConfigError(call.pos, f"{call.name}: functions call each other more than {MAX_CALL_DEPTH} deep")
+        args = {name: self.vars.evaluate(arg) for name, arg in zip(fn.params, call.args)}
+        self.depth += 1
+        try:
+            if fn.fragment is not None:  # its keywords stand in the calling rule
+                spliced = _substitute(fn.fragment, args)
+                self._walk(scope, stmt._replace(elements=stmt.elements[:i] + spliced + stmt.elements[i + 1:]),
+                           i, path)
+                return
+            if i != len(stmt.elements) - 1 or stmt.body is not None:
+                raise ConfigError(call.pos, f"{call.name} holds a block: it must end its rule, followed by ';'")
+            self.vars.scopes.append({"$" + name: value for name, value in args.items()})
+            try:
+                self._body(scope, fn.body, path)
+            finally:
+                self.vars.scopes.pop()
+        finally:
+            self.depth -= 1
 
     def values(self, elements, i: int, keyword: Atom, negatable: bool = True, whole: bool = False):
         """The (negated, atoms, next index) that follow a keyword; `whole`: the list is one
@@ -149,7 +343,7 @@ class Compiler:
                 atoms.extend(self.vars.expand(item))
         else:
             atoms = self.vars.expand(el)
-        if not atoms:
+        if not atoms and not (isinstance(el, Call) and el.name == "@resolve"):  # not yet pinned: no rule
             raise ConfigError(el.pos, f"'{keyword.text}' needs at least one value; the list is empty")
         if negated and len(atoms) > 1 and not whole:
             raise ConfigError(el.pos, f"a negated list after '{keyword.text}' would match everything; negate one value")
@@ -162,22 +356,27 @@ class Compiler:
         name = atom.text
         if scope.chain is None:
             raise ConfigError(atom.pos, "no chain for this rule: start it with 'chain INPUT', 'chain OUTPUT' or 'chain FORWARD'")
-        if name not in TABLE_TARGETS[scope.table]:
-            raise ConfigError(atom.pos, f"target {name} is not allowed in table {scope.table}")
-        if name == "MASQUERADE" and scope.chain != "POSTROUTING":
-            raise ConfigError(atom.pos, "MASQUERADE belongs in chain POSTROUTING")
-        options, reject_with = {}, None
-        j = i + 1
+        spec = T.TARGETS.get(name)
+        tables = spec.tables if spec else T.BASIC_TABLES[name]
+        if tables is not None and scope.table not in tables:
+            raise ConfigError(atom.pos, f"target {name} is not allowed in table {scope.table} "
+                                        f"(it belongs in {' or '.join(tables)})")
+        if spec and spec.chains and not _is_user_chain(scope.chain) and scope.chain not in spec.chains:
+            raise ConfigError(atom.pos, f"{name} belongs in chain {' or '.join(spec.chains)}")
+        allowed = spec.options if spec else TARGET_OPTIONS.get(name, {})
+        options, j = {}, i + 1
         while j < len(elements):
             opt = elements[j]
-            if isinstance(opt, Bang) or isinstance(opt, ListNode) or opt.kind != "word":
+            if isinstance(opt, Bang) or isinstance(opt, (ListNode, Call)) or opt.kind != "word":
                 raise ConfigError(opt.pos, f"expected an option of {name} or ';'")
-            allowed = TARGET_OPTIONS.get(name, ())
             if opt.text not in allowed:
                 hint = f" ({', '.join(allowed)})" if allowed else ""
                 raise ConfigError(opt.pos, f"unexpected {opt.text!r} after target {name}: expected ';'{hint}")
             if opt.text in options:
                 raise ConfigError(opt.pos, f"'{opt.text}' given twice")
+            if allowed[opt.text] is None:  # a flag
+                options[opt.text], j = opt, j + 1
+                continue
             _, atoms, j = self.values(elements, j + 1, opt, negatable=False)
             if len(atoms) != 1:
                 raise ConfigError(opt.pos, f"'{opt.text}' takes one value, not a list")
@@ -185,6 +384,7 @@ class Compiler:
         if stmt.body is not None:
             raise ConfigError(stmt.end, f"a target ({name}) ends a rule: expected ';', got '{{'")
         families = scope.families
+        reject_with = None
         if name == "REJECT" and "reject-with" in options:
             reject_with = options["reject-with"]
             text = reject_with.text
@@ -198,24 +398,51 @@ class Compiler:
                 families = self._narrow(scope, families, fits, reject_with.pos, f"reject-with {text}", elements)
                 if families is None:
                     return
-        self._check_matches(scope, atom)
+        if name in ("DNAT", "SNAT", "NETMAP") and "to" in options:
+            fits = frozenset((T.nat_address_family(options["to"]),))
+            families = self._narrow(scope, families, fits, options["to"].pos, f"to {options['to'].text}", elements)
+            if families is None:
+                return
+        if spec:
+            fixed = spec.finish(options, atom.pos)
+            target_options = lambda family: fixed  # noqa: E731
+            if name in ("MARK", "CONNMARK"):
+                self._warn_mark_bits(name, fixed, atom.pos)
+        else:
+            target_options = lambda family: _target_options(name, family, options, reject_with)  # noqa: E731
+        self._emit(scope._replace(families=families), None if name == "NOP" else name, target_options,
+                   atom, path)
+
+    def _emit(self, scope: Scope, target, target_options, at: Atom, path: tuple, goto: bool = False) -> None:
+        """The rule the scope has built, once per family, with this target."""
+        self._check_matches(scope, at)
         header = tuple(sorted(((n, f, v) for n, f, v, _ in scope.header), key=lambda h: HEADER_ORDER[h[1]]))
-        matches = tuple((m, opts) for m, opts, _ in scope.matches)
-        for family in sorted(families):
-            self.rules.append(Rule(family, scope.table, scope.chain, header, matches, name,
-                                   _target_options(name, family, options, reject_with)))
+        for family in sorted(scope.families):
+            matches = tuple((m, M.finish(m, opts, family, pos)) for m, opts, pos in scope.matches)
+            self.rules.append(Rule(family, scope.table, scope.chain, header, matches, target,
+                                   target_options(family), goto))
         self.emitted.update(path)
+
+    def _warn_mark_bits(self, name: str, options, pos) -> None:
+        bits = T.touched_bits(name, options)
+        ours = T.OUR_CONN_BIT if name == "CONNMARK" else T.OUR_PACKET_BIT
+        if bits & ours:
+            use = "the tunnel-flow check (spoofed packets)" if name == "CONNMARK" else "the fence"
+            self.warn(pos, f"{name} here changes bit 0x{ours:x}, which vpn-firewall uses for {use}; "
+                           f"give a mask without it (for example 0x{0xFFFFFFFF & ~(T.OUR_PACKET_BIT | T.OUR_CONN_BIT):x})")
 
     def _check_matches(self, scope: Scope, target: Atom) -> None:
         for module, opts, pos in scope.matches:
-            if not opts:
-                raise ConfigError(pos, f"'mod {module}' needs an option, e.g. {MODULE_EXAMPLE[module]}")
+            if not opts and module in M.MODULES:
+                first = ", ".join(list(M.MODULES[module])[:3])
+                raise ConfigError(pos, f"'mod {module}' needs an option ({first}...)")
         for _, flag, _, pos in scope.header:
             if flag == "-i" and scope.chain in NO_INPUT_INTERFACE:
                 raise ConfigError(pos, f"'interface' cannot match in chain {scope.chain} (packets there have no input interface)")
             if flag == "-o" and scope.chain in NO_OUTPUT_INTERFACE:
                 raise ConfigError(pos, f"'outerface' cannot match in chain {scope.chain} (packets there have no output interface yet)")
-        if scope.chain not in ("OUTPUT", "POSTROUTING") and any(m == "owner" for m, _, _ in scope.matches):
+        if (scope.chain not in ("OUTPUT", "POSTROUTING") and not _is_user_chain(scope.chain)
+                and any(m == "owner" for m, _, _ in scope.matches)):
             raise ConfigError(target.pos, "'mod owner' works only in chain OUTPUT")
 
     def _narrow(self, scope: Scope, families, fits, pos, what: str, elements):
@@ -234,6 +461,54 @@ def _family_words(families) -> str:
     return " and ".join("IPv4 (domain ip)" if f == V.IP else "IPv6 (domain ip6)" for f in sorted(families))
 
 
+def _only(scope: Scope, families) -> Scope:
+    return scope._replace(families=frozenset(families) & scope.families)
+
+
+def _is_user_chain(chain) -> bool:
+    return chain is not None and chain.startswith(USER_CHAIN)
+
+
+def _ferm_chain(chain):
+    """A chain as the user named it ($CHAIN)."""
+    return chain[len(USER_CHAIN):] if _is_user_chain(chain) else chain
+
+
+def user_chain(atom) -> str:
+    """A user's chain name, in our namespace: U-NAME, printed VPNFW-U-NAME."""
+    name = atom.text
+    if not USER_CHAIN_NAME.match(name):
+        raise ConfigError(atom.pos, f"expected a chain name (letters, digits, '_', '.', '-'), got {name!r}")
+    if len(CHAIN_PREFIX + USER_CHAIN + name) > MAX_CHAIN_NAME:
+        longest = MAX_CHAIN_NAME - len(CHAIN_PREFIX + USER_CHAIN)
+        raise ConfigError(atom.pos, f"chain name {name!r} is too long: vpn-firewall keeps your chains as "
+                                    f"{CHAIN_PREFIX}{USER_CHAIN}NAME, so NAME may have {longest} characters")
+    return USER_CHAIN + name
+
+
+def _substitute(elements, args: dict) -> tuple:
+    """A function's rule fragment with its parameters replaced by the call's values."""
+    def value(v, pos):
+        return ListNode(tuple(v), pos) if isinstance(v, list) else v
+
+    def sub(el):
+        if isinstance(el, Atom) and el.kind == "var" and el.text in args:
+            return value(args[el.text], el.pos)
+        if isinstance(el, Atom) and el.kind == "qstring":
+            def text(m):
+                v = args.get(m.group(1))
+                if v is None:
+                    return m.group(0)
+                return " ".join(a.text for a in (v if isinstance(v, list) else [v]))
+            return el._replace(text=re.sub(r"\$([A-Za-z_][A-Za-z0-9_]*)", text, el.text))
+        if isinstance(el, ListNode):
+            return el._replace(items=tuple(sub(x) for x in el.items))
+        if isinstance(el, Call):
+            return el._replace(args=tuple(sub(x) for x in el.args))
+        return el
+    return tuple(sub(el) for el in elements)
+
+
 def _target_options(name: str, family: str, options: dict, reject_with) -> tuple:
     if name == "REJECT":
         return (("--reject-with", reject_with.text if reject_with else DEFAULT_REJECT[family]),)
@@ -245,6 +520,7 @@ def _target_options(name: str, family: str, options: dict, reject_with) -> tuple
             level = _log_level(options["log-level"])
             if level != 4:  # iptables-save leaves out the default
                 out.append(("--log-level", str(level)))
+        out += [(f"--{flag}", None) for flag in LOG_FLAGS if flag in options]
         return tuple(out)
     return ()
 
@@ -259,15 +535,17 @@ def _log_level(atom) -> int:
 
 
 def _unknown_keyword(word: str) -> str:
-    if word == "policy":
-        return "'policy' is not supported: vpn-firewall sets every built-in chain's policy to DROP itself"
-    if word in ("jump", "goto", "@include", "@if"):
-        return f"{word!r} is not supported by vpn-firewall's subset of ferm"
+    owners = [m for m, options in M.MODULES.items() if word in options]
+    if owners:
+        return f"'{word}' needs 'mod {owners[0]}' before it"
+    if word.startswith("@"):
+        return f"unknown directive {word!r}"
     return f"unknown keyword {word!r}"
 
 
-TARGET_OPTIONS = {"REJECT": ("reject-with",), "LOG": ("log-prefix", "log-level")}
-MODULE_EXAMPLE = {"conntrack": "'ctstate ESTABLISHED'", "owner": "'uid-owner 0'", "comment": "'comment \"text\"'"}
+LOG_FLAGS = ("log-tcp-sequence", "log-tcp-options", "log-ip-options", "log-uid")
+TARGET_OPTIONS = {"REJECT": {"reject-with": "value"},
+                  "LOG": {"log-prefix": "value", "log-level": "value", **dict.fromkeys(LOG_FLAGS)}}
 
 
 # -- keyword handlers: each yields (scope, next index) once per alternative ---------------
@@ -275,6 +553,10 @@ def _domain(c: Compiler, scope: Scope, els, i, kw):
     _, atoms, j = c.values(els, i, kw, negatable=False)
     names = []
     for atom in atoms:
+        if atom.text in ("arp", "eb"):
+            raise ConfigError(atom.pos, f"domain {atom.text} is out of scope: vpn-firewall is an IPv4 and IPv6 "
+                                        "kill switch (iptables and ip6tables); ARP and bridge filtering are not "
+                                        "part of it")
         if atom.text not in V.FAMILIES:
             raise ConfigError(atom.pos, f"expected domain ip or ip6, got {atom.text!r}")
         names.append(atom.text)
@@ -288,17 +570,58 @@ def _table(c: Compiler, scope: Scope, els, i, kw):
     _, atoms, j = c.values(els, i, kw, negatable=False)
     for atom in atoms:
         if atom.text not in BUILTIN_CHAINS:
-            raise ConfigError(atom.pos, f"expected table filter or nat, got {atom.text!r}")
+            raise ConfigError(atom.pos, f"expected table {', '.join(BUILTIN_CHAINS)}, got {atom.text!r}")
         yield scope._replace(table=atom.text, chain=None), j
 
 
 def _chain(c: Compiler, scope: Scope, els, i, kw):
     _, atoms, j = c.values(els, i, kw, negatable=False)
     for atom in atoms:
-        allowed = BUILTIN_CHAINS[scope.table]
-        if atom.text not in allowed:
-            raise ConfigError(atom.pos, f"expected a chain of table {scope.table} ({', '.join(allowed)}), got {atom.text!r}")
-        yield scope._replace(chain=atom.text), j
+        if atom.text in BUILTIN_CHAINS[scope.table]:
+            yield scope._replace(chain=atom.text), j
+        elif atom.text.upper() == atom.text and atom.text in {ch for t in BUILTIN_CHAINS.values() for ch in t}:
+            allowed = BUILTIN_CHAINS[scope.table]
+            raise ConfigError(atom.pos, f"table {scope.table} has no chain {atom.text} ({', '.join(allowed)})")
+        else:
+            yield scope._replace(chain=user_chain(atom)), j
+
+
+def _policy(c: Compiler, scope: Scope, stmt, i: int, path: tuple) -> None:
+    """policy DROP is what the kill switch does anyway; policy ACCEPT is not applied (a warning)."""
+    els, kw = stmt.elements, stmt.elements[i]
+    _, atoms, j = c.values(els, i + 1, kw, negatable=False)
+    if len(atoms) != 1:
+        raise ConfigError(kw.pos, "'policy' takes one target")
+    value = atoms[0]
+    if scope.chain is None or _is_user_chain(scope.chain):
+        raise ConfigError(kw.pos, "'policy' belongs to a built-in chain (chain INPUT policy DROP;)")
+    if value.text not in ("ACCEPT", "DROP"):
+        raise ConfigError(value.pos, f"expected policy ACCEPT or DROP, got {value.text!r}")
+    if j != len(els) or stmt.body is not None:
+        raise ConfigError(els[j].pos if j < len(els) else stmt.end, "'policy' ends its statement: expected ';'")
+    if value.text == "ACCEPT" and scope.table == "filter":
+        c.warn(kw.pos, f"policy ACCEPT for chain {scope.chain} is not applied: the kill switch keeps the "
+                       "policies DROP, and what your rules do not accept is refused after them")
+    elif value.text == "DROP" and scope.table != "filter":
+        raise ConfigError(value.pos, f"policy DROP is not possible in table {scope.table} (iptables allows it in "
+                                     "filter only)")
+    c.emitted.update(path)
+
+
+def _jump(c: Compiler, scope: Scope, stmt, i: int, path: tuple) -> None:
+    """jump CHAIN / goto CHAIN: to a chain of the user's, in the same table; it ends the rule."""
+    els, kw = stmt.elements, stmt.elements[i]
+    if scope.chain is None:
+        raise ConfigError(kw.pos, "no chain for this rule: start it with 'chain INPUT' or another chain")
+    _, atoms, j = c.values(els, i + 1, kw, negatable=False)
+    if j != len(els) or stmt.body is not None:
+        raise ConfigError(els[j].pos if j < len(els) else stmt.end, f"'{kw.text} CHAIN' ends its rule: expected ';'")
+    for atom in atoms:
+        if atom.text in {ch for t in BUILTIN_CHAINS.values() for ch in t}:
+            raise ConfigError(atom.pos, f"cannot {kw.text} to the built-in chain {atom.text}")
+        chain = user_chain(atom)
+        c.jumps += [(family, scope.table, chain, atom.pos) for family in scope.families]
+        c._emit(scope, our_chain(chain), lambda family: (), kw, path, goto=kw.text == "goto")
 
 
 def _header(flag: str, parse):
@@ -326,6 +649,12 @@ def _interface(atom):
     return V.interface(atom), None
 
 
+def _fragment(c: Compiler, scope: Scope, els, i, kw, negated=False):
+    families = c._narrow(scope, scope.families, frozenset((V.IP,)), kw.pos, "fragment (IPv4's -f)", els)
+    if families is not None:
+        yield scope._replace(families=families, header=scope.header + ((negated, "-f", None, kw.pos),)), i
+
+
 def _proto(c: Compiler, scope: Scope, els, i, kw):
     if scope.proto is not None:
         raise ConfigError(kw.pos, "'proto' given twice in one rule")
@@ -339,7 +668,16 @@ def _proto(c: Compiler, scope: Scope, els, i, kw):
             if families is None:
                 continue
         header = scope.header if proto == "all" else scope.header + ((negated, "-p", proto, kw.pos),)
-        yield scope._replace(families=families, header=header, proto=proto, proto_negated=negated), j
+        yield scope._replace(families=families, header=header, proto=proto, proto_negated=negated,
+                             auto_proto=None), j
+
+
+def _realized(scope: Scope, kw) -> Scope:
+    """A '@subchain' rule's inherited protocol, written out where a keyword needs it."""
+    if scope.proto is None and scope.auto_proto is not None:
+        return scope._replace(proto=scope.auto_proto, auto_proto=None,
+                              header=scope.header + ((False, "-p", scope.auto_proto, kw.pos),))
+    return scope
 
 
 def _add_option(scope: Scope, module: str, option: tuple, pos) -> tuple:
@@ -356,6 +694,7 @@ def _add_option(scope: Scope, module: str, option: tuple, pos) -> tuple:
 
 def _port(option: str):
     def handler(c: Compiler, scope: Scope, els, i, kw):
+        scope = _realized(scope, kw)
         if scope.proto not in V.PORT_PROTOCOLS or scope.proto_negated:
             raise ConfigError(kw.pos, f"'{kw.text}' needs 'proto tcp', 'proto udp', 'proto sctp' or 'proto udplite' before it")
         negated, atoms, j = c.values(els, i, kw)
@@ -365,10 +704,53 @@ def _port(option: str):
     return handler
 
 
+def _tcp_only(c: Compiler, scope: Scope, kw) -> Scope:
+    scope = _realized(scope, kw)
+    if scope.proto != "tcp" or scope.proto_negated:
+        raise ConfigError(kw.pos, f"'{kw.text}' needs 'proto tcp' before it")
+    return scope
+
+
+def _syn(c: Compiler, scope: Scope, els, i, kw, negated=False):
+    scope = _tcp_only(c, scope, kw)
+    yield scope._replace(matches=_add_option(scope, "tcp", (negated, "--tcp-flags", "FIN,SYN,RST,ACK SYN"),
+                                             kw.pos)), i
+
+
+def _tcp_flags(c: Compiler, scope: Scope, els, i, kw):
+    """tcp-flags MASK COMP: two lists of flags (or words joined by commas)."""
+    scope = _tcp_only(c, scope, kw)
+    negated, mask, j = c.values(els, i, kw, whole=True)
+    _, comp, j = c.values(els, j, kw, negatable=False, whole=True)
+
+    def flags(atoms):
+        names = set()
+        for atom in atoms:
+            for part in atom.text.upper().split(","):
+                if part == "ALL":
+                    names.update(M.TCP_FLAGS)
+                elif part in M.TCP_FLAGS:
+                    names.add(part)
+                elif part != "NONE":
+                    raise ConfigError(atom.pos, f"expected TCP flags ({', '.join(M.TCP_FLAGS)}, ALL, NONE), got {part!r}")
+        return ",".join(f for f in M.TCP_FLAGS if f in names) or "NONE"
+    value = f"{flags(mask)} {flags(comp)}"
+    yield scope._replace(matches=_add_option(scope, "tcp", (negated, "--tcp-flags", value), kw.pos)), j
+
+
+def _tcp_option(c: Compiler, scope: Scope, els, i, kw):
+    scope = _tcp_only(c, scope, kw)
+    negated, atoms, j = c.values(els, i, kw)
+    for atom in atoms:
+        value, _ = M._number(0, 255, "a TCP option number")([atom], None)
+        yield scope._replace(matches=_add_option(scope, "tcp", (negated, "--tcp-option", value), kw.pos)), j
+
+
 def _icmp_type(family: str):
     proto, module, option = ("icmp", "icmp", "--icmp-type") if family == V.IP else ("ipv6-icmp", "icmp6", "--icmpv6-type")
 
     def handler(c: Compiler, scope: Scope, els, i, kw):
+        scope = _realized(scope, kw)
         if scope.proto != proto or scope.proto_negated:
             raise ConfigError(kw.pos, f"'{kw.text}' needs 'proto {'icmp' if family == V.IP else 'icmpv6'}' before it")
         negated, atoms, j = c.values(els, i, kw)
@@ -380,40 +762,60 @@ def _icmp_type(family: str):
 
 def _mod(c: Compiler, scope: Scope, els, i, kw):
     _, atoms, j = c.values(els, i, kw, negatable=False)
-    if len(atoms) != 1:
-        raise ConfigError(kw.pos, "'mod' takes one module name")
-    name = atoms[0].text
-    if name not in MODULES:
-        raise ConfigError(atoms[0].pos, f"unknown module {name!r}: supported are {', '.join(MODULES)}")
-    matches = scope.matches
-    if not any(m == name for m, _, _ in matches):
-        matches = matches + ((name, (), kw.pos),)
-    yield scope._replace(module=name, matches=matches), j
+    for atom in atoms:  # 'mod (state comment)' loads both
+        name = atom.text
+        if name in M.LEFT_OUT:
+            raise ConfigError(atom.pos, f"module {name!r} is not supported: {M.LEFT_OUT[name]}")
+        if name not in M.MODULES:
+            raise ConfigError(atom.pos, f"unknown module {name!r}: supported are {', '.join(sorted(M.MODULES))}")
+        if not any(m == name for m, _, _ in scope.matches):
+            scope = scope._replace(matches=scope.matches + ((name, (), kw.pos),))
+        scope = scope._replace(module=name)
+    yield scope, j
 
 
-def _module_option(module: str, option: str, parse, joined: bool = False):
-    """A module's option; `joined`: a list is one comma-joined value (ctstate), not a loop."""
-    def handler(c: Compiler, scope: Scope, els, i, kw):
-        if scope.module != module:
-            raise ConfigError(kw.pos, f"'{kw.text}' needs 'mod {module}' before it")
-        negated, atoms, j = c.values(els, i, kw, whole=joined)
-        for value in ([parse(atoms)] if joined else [parse(a) for a in atoms]):
-            yield scope._replace(matches=_add_option(scope, module, (negated, option, value), kw.pos)), j
-    return handler
+def module_option(c: Compiler, scope: Scope, els, i, kw, module: str, negated_flag: bool = False):
+    """An option of a module this rule loaded (or one ferm loads by itself, as 'comment')."""
+    option = M.MODULES[module][kw.text]
+    if not any(m == module for m, _, _ in scope.matches):
+        scope = scope._replace(matches=scope.matches + ((module, (), kw.pos),))
+    if option.kind == "flag":
+        yield scope._replace(matches=_add_option(scope, module, (negated_flag, option.flag, None), kw.pos)), i
+        return
+    if negated_flag:
+        raise ConfigError(kw.pos, f"put the '!' after '{kw.text}', before its value")
+    negated, atoms, j = c.values(els, i, kw, whole=option.kind == "list")
+    context = OptionContext(scope.proto, c.services, kw.pos)
+    for group in ([atoms] if option.kind == "list" else [[a] for a in atoms]):
+        value, fits = option.parse(group, context)
+        families = scope.families
+        if fits is not None:
+            families = c._narrow(scope, families, fits, group[0].pos, f"{kw.text} {group[0].text}", els)
+            if families is None:
+                continue
+        yield scope._replace(families=families,
+                             matches=_add_option(scope, module, (negated, option.flag, value), kw.pos)), j
 
 
-def _ctstates(atoms) -> str:
-    states = set()
-    for atom in atoms:
-        for part in atom.text.upper().split(","):
-            if part not in CTSTATES:
-                raise ConfigError(atom.pos, f"expected a ctstate ({', '.join(CTSTATES)}), got {atom.text!r}")
-            states.add(part)
-    return ",".join(s for s in CTSTATES if s in states)
+class OptionContext(tuple):
+    """What an option's parser may need: the rule's protocol, the services, where it stands."""
+
+    __slots__ = ()
+
+    def __new__(cls, proto, services, pos):
+        return super().__new__(cls, (proto, services, pos))
+
+    proto = property(lambda self: self[0])
+    services = property(lambda self: self[1])
+    pos = property(lambda self: self[2])
 
 
-def _comment(atom) -> str:
-    return V.safe_text(atom, "a comment", 255)
+def option_module(scope: Scope, keyword: str):
+    """The module whose option a keyword is: the rule's modules, latest first, then ferm's implicit ones."""
+    for module, _, _ in reversed(scope.matches):
+        if keyword in M.MODULES.get(module, ()):
+            return module
+    return IMPLICIT.get(keyword)
 
 
 KEYWORDS = {
@@ -428,11 +830,70 @@ KEYWORDS = {
     "protocol": _proto,
     "sport": _port("--sport"),
     "dport": _port("--dport"),
+    "syn": _syn,
+    "tcp-flags": _tcp_flags,
+    "tcp-option": _tcp_option,
+    "fragment": _fragment,
     "icmp-type": _icmp_type(V.IP),
     "icmpv6-type": _icmp_type(V.IP6),
     "mod": _mod,
-    "ctstate": _module_option("conntrack", "--ctstate", _ctstates, joined=True),
-    "uid-owner": _module_option("owner", "--uid-owner", lambda a: V.account(a, "user")),
-    "gid-owner": _module_option("owner", "--gid-owner", lambda a: V.account(a, "group")),
-    "comment": _module_option("comment", "--comment", _comment),
+    "module": _mod,
 }
+# Keywords without a value, which a '!' in front of them negates (ferm's '! syn').
+FLAG_KEYWORDS = {"syn": _syn, "fragment": _fragment}
+
+
+# -- directives that steer the walk itself ------------------------------------------------
+def _if(c: Compiler, scope: Scope, stmt, i: int, path: tuple) -> None:
+    """@if CONDITION rest-of-rule: the rest for the families where the condition holds (it is
+    read once per family, as $DOMAIN may differ); '@else' in the next statement for the others."""
+    els = stmt.elements
+    if i + 1 >= len(els) or isinstance(els[i + 1], Bang):
+        raise ConfigError(els[i].pos, "expected a condition after '@if'")
+    holds, fails = set(), set()
+    for family in sorted(scope.families):
+        c._set_auto(_only(scope, (family,)))
+        (holds if truth(c.vars.expand(els[i + 1])) else fails).add(family)
+    if holds:
+        c._walk(_only(scope, holds), stmt, i + 2, path)
+    c.if_false = frozenset(fails)
+
+
+def _else_misplaced(c: Compiler, scope: Scope, stmt, i: int, path: tuple) -> None:
+    raise ConfigError(stmt.elements[i].pos, "'@else' must begin the statement after an '@if'")
+
+
+def _subchain(c: Compiler, scope: Scope, stmt, i: int, path: tuple) -> None:
+    """The rule so far jumps (or, with @gotosubchain, goes) to a new chain of the user's that
+    holds the block: the block's matches are tested only once the rule's own matched."""
+    els, kw = stmt.elements, stmt.elements[i]
+    if scope.chain is None:
+        raise ConfigError(kw.pos, f"no chain for '{kw.text}': start the rule with 'chain INPUT' or another chain")
+    j = i + 1
+    if j < len(els):
+        _, atoms, j = c.values(els, j, kw, negatable=False)
+        if len(atoms) != 1:
+            raise ConfigError(kw.pos, f"'{kw.text}' takes one chain name")
+        name = atoms[0]
+    else:  # one name for all the alternatives of this rule
+        key = (id(stmt.elements), c.generation)
+        if key not in c.auto_names:
+            c.auto_chains += 1
+            c.auto_names[key] = f"ferm_auto_{c.auto_chains}"
+        name = Atom("word", c.auto_names[key], kw.pos)
+    if j != len(els) or stmt.body is None:
+        raise ConfigError(kw.pos, f"'{kw.text}' is followed by a block: {kw.text} [\"NAME\"] {{ ... }}")
+    chain = user_chain(name)
+    c._emit(scope, our_chain(chain), lambda family: (), kw, path, goto=kw.text == "@gotosubchain")
+    key = (id(stmt.elements), c.generation, chain)
+    if key in c.subchains:  # another alternative of the same rule: one chain for all of them
+        c.subchains[key][1] |= scope.families
+        return
+    inner = scope._replace(chain=chain, header=(), matches=(), module=None, proto=None, proto_negated=False,
+                           auto_proto=None if scope.proto_negated else (scope.proto or scope.auto_proto))
+    c.subchains[key] = entry = [inner, set(scope.families)]
+    c.deferred.append(lambda: c._body(entry[0]._replace(families=frozenset(entry[1])), stmt.body, path))
+
+
+DIRECTIVES = {"@if": _if, "@else": _else_misplaced, "@subchain": _subchain, "@gotosubchain": _subchain,
+              "policy": _policy, "jump": _jump, "goto": _jump}

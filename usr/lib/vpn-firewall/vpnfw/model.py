@@ -7,7 +7,12 @@ CHAIN_PREFIX = "VPNFW-"
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
 }
+# A chain of the user's own (ferm's 'chain NAME', '@subchain') is ours too: VPNFW-U-NAME.
+USER_CHAIN = "U-"
+MAX_CHAIN_NAME = 28  # what iptables allows
 LOCKDOWN_COMMENT = "vpn-firewall lockdown"
 # The fence: a table no other tool writes to, evaluated after filter at the same hooks. An
 # ACCEPT in one table does not end the evaluation of the next, a DROP does: so whatever
@@ -24,13 +29,15 @@ TUNNEL_FLOW_CHAIN = "TUNNEL-FLOWS"  # where INPUT sends them: RETURN from the tu
 OUR_TABLES = {**BUILTIN_CHAINS, FENCE_TABLE: ("INPUT", "FORWARD", "OUTPUT")}
 
 
-class Rule(namedtuple("Rule", "family table chain header matches target target_options", defaults=((),))):
+class Rule(namedtuple("Rule", "family table chain header matches target target_options goto",
+                      defaults=((), False))):
     """One iptables rule, in the order iptables-save prints its parts.
 
-    chain:   a built-in name; rendered into our own chain
+    chain:   a built-in name or USER_CHAIN + a user's name; rendered into our own chain
     header:  ((negated, flag, value), ...) for -s -d -i -o -p
     matches: ((module, ((negated, option, value_or_None), ...)), ...)
-    target_options: ((option, value), ...)
+    target:  a target, one of our chains (jumped to; with goto, gone to), or None (ferm's NOP)
+    target_options: ((option, value_or_None), ...)
     """
 
     __slots__ = ()

@@ -51,6 +51,25 @@ def pin(settings, say):
     return settings._replace(vpn_servers=tuple(endpoints))
 
 
+def resolved(atom, kind, variables) -> list:
+    """@resolve(NAME): the addresses `refresh` pinned for it (A: IPv4, AAAA: IPv6, else both),
+    as atoms; never resolved here. Not yet pinned: none, and a warning (a rule without its
+    addresses allows nothing)."""
+    from .errors import ConfigError
+    from .parser import Atom
+
+    name = atom.text
+    if not V.is_host(name):
+        raise ConfigError(atom.pos, f"@resolve: expected a host name, got {name!r}")
+    variables.resolving.add(name)
+    addresses = read_pins().get(name, {}).get("addresses", [])
+    if not addresses:
+        variables.warnings.append(f"{atom.pos}: warning: {name} has never been resolved, so the rules naming "
+                                  "it are left out: run 'vpn-firewall refresh' (names are never resolved at boot)")
+    wanted = {None: (V.IP, V.IP6), "A": (V.IP,), "AAAA": (V.IP6,)}[kind]
+    return [Atom("word", a, atom.pos) for a in addresses if (V.IP6 if ":" in a else V.IP) in wanted]
+
+
 def resolvers(settings) -> list:
     if settings.dns_servers:
         return [net.split("/")[0] for _, net in settings.dns_servers]
@@ -77,13 +96,14 @@ def _allowance(server: str, verb: str) -> str:
     return "*filter\n" + "\n".join(lines) + "\nCOMMIT\n"
 
 
-def refresh(settings, say) -> int:
-    """Resolve the host names, pin them; 0 when every name got an address."""
+def refresh(settings, say, also=()) -> int:
+    """Resolve the host names of $VPN_SERVERS (and `also`: @resolve's), pin them; 0 when
+    every name got an address."""
     from .dnsquery import DNSError, resolve
 
-    names = sorted({ep.host for ep in settings.vpn_servers if ep.host})
+    names = sorted({ep.host for ep in settings.vpn_servers if ep.host} | set(also))
     if not names:
-        say("notice", "$VPN_SERVERS names no host: nothing to refresh")
+        say("notice", "$VPN_SERVERS and @resolve name no host: nothing to refresh")
         return 0
     servers = resolvers(settings)
     if not servers:

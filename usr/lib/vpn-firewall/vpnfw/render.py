@@ -11,6 +11,9 @@ from collections import namedtuple
 from .model import FENCE_TABLE, OUR_TABLES, our_chain
 
 _NO_QUOTES = re.compile(r"^[A-Za-z0-9_-]+$")
+# the options iptables-save prints in quotes when they hold more than a word
+QUOTED_TARGET_OPTIONS = ("--log-prefix", "--nflog-prefix")
+QUOTED_MATCH_OPTIONS = ("--comment", "--string")
 
 
 class TableState(namedtuple("TableState", "jumps chains first", defaults=(frozenset(),))):
@@ -37,7 +40,7 @@ def rule_line(rule) -> str:
     for negated, flag, value in rule.header:
         if negated:
             parts.append("!")
-        parts += (flag, value)
+        parts += (flag, value) if value is not None else (flag,)
     for module, options in rule.matches:
         parts += ("-m", module)
         for negated, option, value in options:
@@ -45,18 +48,25 @@ def rule_line(rule) -> str:
                 parts.append("!")
             parts.append(option)
             if value is not None:
-                parts.append(quote(value) if option == "--comment" else value)
-    parts += ("-j", rule.target)
+                parts.append(quote(value) if option in QUOTED_MATCH_OPTIONS else value)
+    if rule.target is None:
+        return " ".join(parts)
+    parts += ("-g" if rule.goto else "-j", rule.target)
     for option, value in rule.target_options:
-        parts += (option, quote(value) if option == "--log-prefix" else value)
+        parts.append(option)
+        if value is not None:
+            parts.append(quote(value) if option in QUOTED_TARGET_OPTIONS else value)
     return " ".join(parts)
 
 
 def tables_used(rules, state: dict) -> list:
-    """filter and the fence always; nat when rules use it or our chains from an earlier load are there."""
+    """filter and the fence always; another table when rules use it or our chains from an earlier
+    load are there."""
     tables = ["filter", FENCE_TABLE]
-    if any(r.table == "nat" for r in rules) or state.get("nat", NOTHING).chains:
-        tables.append("nat")
+    used = {r.table for r in rules}
+    for table in OUR_TABLES:
+        if table not in tables and (table in used or state.get(table, NOTHING).chains):
+            tables.append(table)
     return tables
 
 

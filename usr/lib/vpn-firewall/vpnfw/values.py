@@ -73,6 +73,11 @@ _HOST = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\
                    r"[A-Za-z0-9-]*[A-Za-z][A-Za-z0-9-]*$")
 
 
+def is_host(text: str) -> bool:
+    """A DNS host name with at least one dot (not an address)."""
+    return bool(_HOST.match(text)) and "." in text and not text.endswith("-") and not text.replace(".", "").isdigit()
+
+
 def family_of(net: str) -> str:
     return IP6 if ":" in net else IP
 
