@@ -21,6 +21,14 @@ VALID = [
     "@def $DNS_SERVERS = (10.8.0.1);\n@def $H = (192.0.2.1 2001:db8::1);\n"
     "chain OUTPUT daddr $H proto udp sport 1000:2000 dport ! 53 REJECT;\n"
     "domain ip chain OUTPUT proto icmp icmp-type echo-request mod comment comment \"ok\" ACCEPT;\n",
+    "@def &SVC($p, $port) = { chain INPUT proto $p dport $port ACCEPT; }\n&SVC(tcp, ssh); &SVC((tcp udp), 53);\n"
+    "chain INPUT mod state state (ESTABLISHED RELATED) ACCEPT;\nchain INPUT proto tcp syn mod limit limit 5/min NOP;\n",
+    "@def $A = 1;\n@if @eq($A, 1) chain OUTPUT proto tcp dports (80 443) ACCEPT; @else chain OUTPUT DROP;\n"
+    "chain mine { mod recent set name x NOP; RETURN; }\nchain INPUT saddr 192.0.2.0/24 jump mine;\n"
+    "chain INPUT proto tcp @subchain 'web' { dport http ACCEPT; }\n",
+    "table nat chain PREROUTING proto tcp dport 80 DNAT to 192.0.2.2:8080;\n"
+    "table mangle chain OUTPUT MARK set-xmark 0x1/0xff;\ntable raw chain OUTPUT CT notrack;\n"
+    "chain INPUT policy DROP;\nchain OUTPUT mod comment comment @cat('a', \"b\") mod mark mark 0x2/0x3 ACCEPT;\n",
     # long enough to be split into server chains
     "@def $VPN_SERVERS = (" + " ".join(f"198.51.100.{i}:1194/udp [2001:db8::{i:x}]:443" for i in range(40)) + ");\n",
 ]
@@ -32,10 +40,16 @@ VOCABULARY = [
     "ACCEPT", "DROP", "REJECT", "reject-with", "tcp-reset", "LOG", "log-prefix", "log-level", "RETURN",
     "MASQUERADE", "192.0.2.1", "2001:db8::1", "10.0.0.0/8", "198.51.100.7:1194/udp", "[2001:db8::7]:443/tcp",
     "53", "1:2", "ssh", "yes", "no", "$ALLOW_LAN", "$LAN_NETS", "#", "\n", "-j", "--dport", "\"\n", "'",
+    ",", "@if", "@else", "@subchain", "@gotosubchain", "@def &F($a) =", "&F(", "&F()", "@cat(", "@eq(", "@not(",
+    "@defined(", "@resolve(", "@include", "$DOMAIN", "$CHAIN", "jump", "goto", "mine", "policy", "NOP", "state",
+    "ESTABLISHED", "multiport", "dports", "limit", "5/min", "mark", "0x1/0xff", "recent", "set", "name",
+    "mangle", "raw", "PREROUTING", "MARK", "set-mark", "CONNMARK", "save-mark", "DNAT", "SNAT", "to",
+    "192.0.2.2:80", "REDIRECT", "to-ports", "syn", "tcp-flags", "SYN", "ALL", "fragment", "time", "timestart",
+    "12:00", "mac", "mac-source", "01:23:45:67:89:ab", "hashlimit", "hashlimit-name", "CT", "notrack",
 ]
 ERROR = re.compile(r"^/[^:]+\.conf:\d+:\d+: \S")
-SAFE_LINE = re.compile(r'^(-[AIDX] [A-Z]+[- ]?[A-Z0-9-]*( [!\w./:,+-]+| "[\w .,:;/@+=()\[\]-]*")*'
-                       r'|:[A-Z0-9-]+ [A-Z-]+ \[0:0\]|\*(filter|nat|security)|COMMIT)$')
+SAFE_LINE = re.compile(r'^(-[AIDX] [A-Za-z0-9_.-]+( [!\w./:,+-]+| "[\w .,:;/@+=()\[\]-]*")*'
+                       r'|:[A-Za-z0-9_.-]+ [A-Z-]+ \[0:0\]|\*(filter|nat|mangle|raw|security)|COMMIT)$')
 
 
 def check(tmp_path, text):

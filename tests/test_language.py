@@ -1,5 +1,8 @@
 """The config language: what it accepts, the rules it means, every error with file:line:col."""
 
+import os
+import re
+
 import pytest
 
 from conftest import write_config
@@ -443,3 +446,97 @@ def test_endpoint_short_cut_leaves_errors_to_the_general_way(text):
     from vpnfw.parser import Atom
     with pytest.raises(ConfigError):
         values.endpoint(Atom("word", text, Pos("f", 1, 1)))
+
+
+# -- ferm's language: includes, functions, conditions, @resolve, warnings ------------
+def test_include_a_file_and_a_directory_relative_to_the_including_file(tmp_path):
+    extra = {"vars.ferm": "@def $WEB = (80 443);\n@def &SSH() = proto tcp dport ssh;\n"}
+    d = write_config(tmp_path / "c", {"30_user.conf": "@include 'vars.ferm';\n@include 'rules.d/';\n"
+                                                      "chain INPUT { @include 'inner.ferm'; }\n", **extra,
+                                      "inner.ferm": "&SSH() ACCEPT;\n"})
+    write_config(tmp_path / "c" / "rules.d", {"10-web": "chain INPUT proto tcp dport $WEB ACCEPT;\n",
+                                              "20-dns": "chain INPUT proto udp dport 53 ACCEPT;\n",
+                                              ".hidden": "this is no rule\n", "20-dns~": "nor this\n"})
+    rules = [rule_line(r) for r in compile_config(d).ruleset["ip"]
+             if r.chain == "INPUT" and "dport" in rule_line(r) and "sport" not in rule_line(r)]
+    assert rules == ["-A VPNFW-INPUT -p tcp -m tcp --dport 80 -j ACCEPT", "-A VPNFW-INPUT -p tcp -m tcp --dport 443 -j ACCEPT",
+                     "-A VPNFW-INPUT -p udp -m udp --dport 53 -j ACCEPT", "-A VPNFW-INPUT -p tcp -m tcp --dport 22 -j ACCEPT"]
+
+
+def test_an_included_file_others_may_write_is_refused(tmp_path):
+    d = write_config(tmp_path / "c", {"30_user.conf": "@include 'open.ferm';\n", "open.ferm": "chain INPUT ACCEPT;\n"})
+    os.chmod(os.path.join(d, "open.ferm"), 0o666)
+    with pytest.raises(ConfigError, match=r"open.ferm:1:1: the config file is writable by group or others"):
+        compile_config(d)
+
+
+def test_an_include_cycle_is_refused(tmp_path):
+    d = write_config(tmp_path / "c", {"30_user.conf": "@include 'a.ferm';\n", "a.ferm": "@include 'b.ferm';\n",
+                                      "b.ferm": "@include 'a.ferm';\n"})
+    with pytest.raises(ConfigError, match=r"b.ferm:1:1: .*a.ferm includes itself"):
+        compile_config(d)
+
+
+def test_functions_conditions_and_builtins(tmp_path):
+    text = """@def &ALLOW($proto, $port) = { chain INPUT proto $proto dport $port ACCEPT; }
+&ALLOW(tcp, (ssh 8080));
+@def $EXTRA = 0;
+@if $EXTRA &ALLOW(udp, 53); @else chain INPUT proto udp dport 54 ACCEPT;
+domain (ip ip6) chain OUTPUT @if @eq($DOMAIN, ip6) proto ipv6-icmp ACCEPT;
+chain OUTPUT mod comment comment @cat(@substr("abcdef", 1, 3), '-', @length(xyz)) ACCEPT;
+"""
+    assert user_lines(tmp_path, text, "ip") == [
+        "-A VPNFW-INPUT -p tcp -m tcp --dport 22 -j ACCEPT", "-A VPNFW-INPUT -p tcp -m tcp --dport 8080 -j ACCEPT",
+        "-A VPNFW-INPUT -p udp -m udp --dport 54 -j ACCEPT", '-A VPNFW-OUTPUT -m comment --comment bcd-3 -j ACCEPT']
+    assert "-A VPNFW-OUTPUT -p ipv6-icmp -j ACCEPT" in user_lines(tmp_path / "6", text, "ip6")
+
+
+def test_policy_accept_is_a_warning_and_the_rest_loads(tmp_path, capsys):
+    compiled = compile_text(tmp_path, "chain INPUT policy ACCEPT;\nchain OUTPUT policy DROP;\n"
+                                      "chain INPUT proto tcp dport 22 ACCEPT;\n")
+    err = capsys.readouterr().err
+    assert "30_user.conf:1:13: warning: policy ACCEPT for chain INPUT is not applied" in err
+    assert "policy ACCEPT for chain OUTPUT" not in err
+    assert "-A VPNFW-INPUT -p tcp -m tcp --dport 22 -j ACCEPT" in [rule_line(r) for r in compiled.ruleset["ip"]]
+
+
+@pytest.mark.parametrize("rule,warned", [
+    ("table mangle chain OUTPUT MARK set-mark 0x10000001;", "MARK here sets bit 0x10000000"),
+    ("table mangle chain OUTPUT MARK set-mark 5;", None),  # clearing the packet bit weakens nothing
+    ("table mangle chain PREROUTING CONNMARK set-mark 7;", "CONNMARK here clears bit 0x20000000"),
+    ("table mangle chain PREROUTING CONNMARK set-xmark 7/0xff;", None),
+    ("table mangle chain POSTROUTING CONNMARK save-mark;", "CONNMARK here clears bit 0x20000000"),
+    ("table mangle chain POSTROUTING CONNMARK save-mark mask 0xffff;", None),
+])
+def test_marks_that_would_undo_the_kill_switchs_bits_are_warned_of(tmp_path, capsys, rule, warned):
+    compile_text(tmp_path, rule)
+    err = capsys.readouterr().err
+    if warned:
+        assert "30_user.conf:1:" in err and warned in err, err
+    else:
+        assert "warning" not in err, err
+
+
+def test_resolve_uses_the_pinned_addresses_and_never_resolves(tmp_path, capsys, monkeypatch):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "pinned.json").write_text('{"www.example.net": {"addresses": ["192.0.2.80", "2001:db8::80"], '
+                                       '"resolved": 1}}')
+    monkeypatch.setenv("VPN_FIREWALL_STATE_DIR", str(state))
+    text = ("chain OUTPUT daddr @resolve(www.example.net) proto tcp dport 443 ACCEPT;\n"
+            "chain OUTPUT daddr @resolve(www.example.net, AAAA) proto tcp dport 80 ACCEPT;\n"
+            "chain OUTPUT daddr @resolve(new.example.net) proto tcp dport 25 ACCEPT;\n")
+    compiled = compile_text(tmp_path, text)
+    lines = [rule_line(r) for fam in ("ip", "ip6") for r in compiled.ruleset[fam] if "--dport 443" in rule_line(r)
+             or "--dport 80" in rule_line(r) or "--dport 25 " in rule_line(r)]
+    assert lines == ["-A VPNFW-OUTPUT -d 192.0.2.80/32 -p tcp -m tcp --dport 443 -j ACCEPT",
+                     "-A VPNFW-OUTPUT -d 2001:db8::80/128 -p tcp -m tcp --dport 443 -j ACCEPT",
+                     "-A VPNFW-OUTPUT -d 2001:db8::80/128 -p tcp -m tcp --dport 80 -j ACCEPT"]
+    assert "30_user.conf:3:29: warning: new.example.net has never been resolved" in capsys.readouterr().err
+    assert compiled.resolving == ("new.example.net", "www.example.net")
+
+
+def test_a_function_tree_too_big_to_compile_is_refused_not_waited_for(tmp_path):
+    text = "".join(f"@def &F{k}() = {{ &F{k + 1}(); &F{k + 1}(); }}\n" for k in range(16)) + "@def &F16() = { }\n&F0();\n"
+    message = error_of(tmp_path, text)
+    assert re.search(r"30_user.conf:\d+:\d+: &F\d+: more than 20000 function calls in all", message), message

@@ -145,6 +145,7 @@ class Variables:
 
 
 MAX_CALL_DEPTH = 32
+MAX_CALLS = 20000  # a config that would compile for ever is refused, not waited for at boot
 
 
 class Compiler:
@@ -157,6 +158,7 @@ class Compiler:
         self.warnings = variables.warnings
         self.if_false = None  # families for which the last '@if' was false, for an '@else'
         self.depth = 0
+        self.calls = 0
         self.jumps = []  # (family, table, chain jumped to, pos): checked once every chain is known
         self.auto_chains = 0  # ferm_auto_N names of '@subchain's without one
         self.auto_names = {}
@@ -305,6 +307,10 @@ class Compiler:
             raise ConfigError(call.pos, f"{call.name} takes {len(fn.params)} argument(s), not {len(call.args)}")
         if self.depth >= MAX_CALL_DEPTH:
             raise ConfigError(call.pos, f"{call.name}: functions call each other more than {MAX_CALL_DEPTH} deep")
+        self.calls += 1
+        if self.calls > MAX_CALLS:
+            raise ConfigError(call.pos, f"{call.name}: more than {MAX_CALLS} function calls in all: a function "
+                                        "that calls itself more than once?")
         args = {name: self.vars.evaluate(arg) for name, arg in zip(fn.params, call.args)}
         self.depth += 1
         try:
@@ -424,12 +430,12 @@ class Compiler:
         self.emitted.update(path)
 
     def _warn_mark_bits(self, name: str, options, pos) -> None:
-        bits = T.touched_bits(name, options)
-        ours = T.OUR_CONN_BIT if name == "CONNMARK" else T.OUR_PACKET_BIT
-        if bits & ours:
-            use = "the tunnel-flow check (spoofed packets)" if name == "CONNMARK" else "the fence"
-            self.warn(pos, f"{name} here changes bit 0x{ours:x}, which vpn-firewall uses for {use}; "
-                           f"give a mask without it (for example 0x{0xFFFFFFFF & ~(T.OUR_PACKET_BIT | T.OUR_CONN_BIT):x})")
+        bits = T.weakening_bits(name, options)
+        if bits:
+            use = ("clears bit 0x20000000 of the connection mark, which tells the tunnel's connections "
+                   "(their spoofed packets from the LAN would no longer be dropped)" if name == "CONNMARK" else
+                   "sets bit 0x10000000 of the packet mark, which tells the fence a packet was judged")
+            self.warn(pos, f"{name} here {use}; give a mask without that bit, such as 0xcfffffff")
 
     def _check_matches(self, scope: Scope, target: Atom) -> None:
         for module, opts, pos in scope.matches:

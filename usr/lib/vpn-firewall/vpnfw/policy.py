@@ -366,7 +366,7 @@ def build(settings, user_rules) -> dict:
             input_chain(family, settings, by_chain.get("INPUT", []))
             + forward_chain(family, settings, by_chain.get("FORWARD", []))
             + output_chain(family, settings, by_chain.get("OUTPUT", []))
-            + [r for r in mine if r.table != "filter"]
+            + [r for r in mine if r.table != "filter" or r.chain not in ("INPUT", "FORWARD", "OUTPUT")]
             + _gateway_nat(family, settings)
             + fence(family, settings.vpn_interfaces, settings.gateway_interfaces)
         )

@@ -73,16 +73,19 @@ def _connmark(opts, pos):
     return (("--set-xmark", f"0x{value:x}/0x{mask:x}"),)
 
 
-def touched_bits(target: str, target_options) -> int:
-    """The mark bits a MARK or CONNMARK target changes."""
-    for option, value in target_options:
-        if option == "--set-xmark":
-            v, m = (int(x, 16) for x in value.split("/"))
-            return v | m
-        if option == "--restore-mark":
-            return int(dict(target_options)["--nfmask"], 16)
-        if option == "--save-mark":
-            return int(dict(target_options)["--ctmask"], 16)
+def weakening_bits(target: str, target_options) -> int:
+    """The bits of ours a MARK or CONNMARK target would undo: a packet mark it sets to
+    the fence's 'judged' bit (the fence would take the packet for judged), a connection mark
+    it clears (the connection would no longer count as the tunnel's). Clearing the packet
+    bit or setting the connection bit weakens nothing."""
+    options = dict(target_options)
+    if "--set-xmark" in options:
+        value, mask = (int(x, 16) for x in options["--set-xmark"].split("/"))
+        if target == "MARK":
+            return value & OUR_PACKET_BIT  # xmark: bits in value are set (or flipped)
+        return mask & ~value & OUR_CONN_BIT
+    if target == "CONNMARK" and "--save-mark" in options:
+        return int(options["--ctmask"], 16) & OUR_CONN_BIT  # the packet's bit, never set, is copied over
     return 0
 
 
