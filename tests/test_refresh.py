@@ -22,7 +22,8 @@ def test_refresh_pins_and_the_vpn_connects(tmp_path, backend):
     work = str(tmp_path)
     os.chmod(work, 0o755)
     bed = T.Testbed(work, T.PKI(work), backend=backend, config=CONFIG.replace(
-        f"@def $DNS_SERVERS = ({T.TUNNEL_DNS});\n", ""))
+        f"@def $DNS_SERVERS = ({T.TUNNEL_DNS});\n", "")
+        + "chain OUTPUT daddr @resolve(www.example.net, A) proto tcp dport 8080 ACCEPT;\n")
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(f"nameserver {T.ROUTER_V4}\n")
     bed.env.update(VPN_FIREWALL_STATE_DIR=str(tmp_path / "state"), VPN_FIREWALL_RESOLV_CONF=str(resolv))
@@ -30,9 +31,13 @@ def test_refresh_pins_and_the_vpn_connects(tmp_path, backend):
         bed.up(vpn=False)
         assert "-A VPNFW-OUTPUT -d 198.19.0.254/32" not in bed.in_ns(bed.client, ["iptables-save"]).stdout
         assert bed.probe("dns", T.ROUTER_V4) == "error:EPERM", "DNS outside the tunnel is closed"
+        assert "--dport 8080" not in bed.in_ns(bed.client, ["iptables-save"]).stdout, "@resolve: not yet pinned"
         out = bed.loader("refresh")
         assert out.returncode == 0, out.stderr
         assert "vpn.example.net: 198.19.0.254" in out.stderr
+        assert "www.example.net: 198.18.0.10" in out.stderr, "@resolve's names are refreshed too"
+        assert "-A VPNFW-OUTPUT -d 198.18.0.10/32 -p tcp -m tcp --dport 8080 -j ACCEPT" in \
+            bed.in_ns(bed.client, ["iptables-save"]).stdout
         pins = json.loads((tmp_path / "state" / "pinned.json").read_text())
         assert pins["vpn.example.net"]["addresses"] == ["198.19.0.254"]
         save = bed.in_ns(bed.client, ["iptables-save"]).stdout
@@ -57,7 +62,7 @@ def test_refresh_without_host_names_only_reloads(tmp_path, netns):
     out = run_loader(["--config-dir", conf, "refresh"], env={"VPN_FIREWALL_STATE_DIR": str(tmp_path / "s")},
                      netns=ns.name)
     assert out.returncode == 0, out.stderr
-    assert "names no host: nothing to refresh" in out.stderr
+    assert "$VPN_SERVERS and @resolve name no host: nothing to refresh" in out.stderr
     assert not (tmp_path / "s").exists()
     assert "-A VPNFW-OUTPUT -d 198.51.100.7/32" in ns.save("ip")
 

@@ -29,6 +29,11 @@ COMMANDS = {
     "leak-test": ("try to send outside the tunnel on every interface; exit 0 only if nothing can leave", {}),
     "guard": ("run in the foreground until SIGTERM: put the rules in force back at once when another "
               "program removes or alters them", {}),
+    "portal": ("let one program (and its children) reach a captive portal's login page outside the tunnel: "
+               "tcp 80 and 443 and DNS to the network's resolver, until it exits or the time is up",
+               {"--for DURATION": "how long at most: 90s, 5m, 1h (default 5m)",
+                "--dns ADDR": "the resolver it may ask (default: the network's, from resolv.conf)",
+                "-- COMMAND [ARG...]": "the program, run as the user who ran sudo"}),
     "unload": ("remove the kill switch and OPEN the network (needs --force)",
                {"--force": "yes, open this machine's network"}),
 }
@@ -52,11 +57,13 @@ exit status:
 class Args:
     """What the command line asked for: the command, the config dir, the options given."""
 
-    def __init__(self, command: str, config_dir: str, options: frozenset):
+    def __init__(self, command: str, config_dir: str, options: frozenset, values=None, run=None):
         self.command = command
         self.config_dir = config_dir
         self.json = "--json" in options
         self.force = "--force" in options
+        self.values = values or {}  # option -> its value ('--for' -> '5m')
+        self.run = run  # the words after '--', or None
 
 
 class Exit(Exception):
@@ -96,6 +103,8 @@ def parse(argv: list) -> Args:
     command, rest = argv[i], argv[i + 1:]
     if command not in COMMANDS:
         _usage_error(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
+    if command == "portal":
+        return _portal_args(config_dir, rest)
     known = COMMANDS[command][1]
     for arg in rest:
         if arg in ("-h", "--help"):
@@ -105,6 +114,31 @@ def parse(argv: list) -> Args:
             what = "option" if arg.startswith("-") else "argument"
             _usage_error(f"{command}: unknown {what} {arg!r}" + (f" (options: {', '.join(known)})" if known else ""))
     return Args(command, config_dir, frozenset(rest))
+
+
+def _portal_args(config_dir: str, rest: list) -> Args:
+    """portal [--for DURATION] [--dns ADDR] [-- COMMAND ARG...]: options take a value."""
+    values, i = {}, 0
+    while i < len(rest) and rest[i] != "--":
+        arg = rest[i]
+        if arg in ("-h", "--help"):
+            _print(command_help("portal"))
+            raise Exit(0)
+        name, _, inline = arg.partition("=")
+        if name not in ("--for", "--dns"):
+            _usage_error(f"portal: unknown option {arg!r} (options: --for DURATION, --dns ADDR, then -- COMMAND)")
+        if name in values:
+            _usage_error(f"portal: {name} given twice")
+        if inline:
+            values[name], i = inline, i + 1
+        elif i + 1 < len(rest) and rest[i + 1] != "--":
+            values[name], i = rest[i + 1], i + 2
+        else:
+            _usage_error(f"portal: {name} needs a value")
+    run = rest[i + 1:] if i < len(rest) else None
+    if run is not None and not run:
+        _usage_error("portal: a command is needed after '--'")
+    return Args("portal", config_dir, frozenset(), values, run)
 
 
 def main_help() -> str:

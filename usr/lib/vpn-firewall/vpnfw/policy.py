@@ -265,10 +265,14 @@ def fence(family, tunnels, inside):
     )
 
 
-def output_chain(family, settings, user):
+def output_chain(family, settings, user, portal=None):
     rules = [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
     rules += _tunnel_flows(family, "OUTPUT", settings)
     rules += user
+    if portal is not None:  # after the user's rules, before the refusals of DNS
+        from .portal import rules as portal_rules
+
+        rules += portal_rules(family, portal)
     # The tunnel before the servers: its packets are most of the traffic, and so need not
     # pass a long list of servers on their way.
     rules += _tunnel_rules(family, settings)
@@ -353,8 +357,9 @@ def _gateway_nat(family, settings):
             for tunnel in settings.vpn_interfaces]
 
 
-def build(settings, user_rules) -> dict:
-    """family -> the complete list of rules of that family, in chain order."""
+def build(settings, user_rules, portal=None) -> dict:
+    """family -> the complete list of rules of that family, in chain order; portal: an open
+    portal session (see portal.py), whose allowance goes into OUTPUT."""
     ruleset = {}
     for family in V.FAMILIES:
         mine = [r for r in user_rules if r.family == family]
@@ -365,7 +370,7 @@ def build(settings, user_rules) -> dict:
         ruleset[family] = (
             input_chain(family, settings, by_chain.get("INPUT", []))
             + forward_chain(family, settings, by_chain.get("FORWARD", []))
-            + output_chain(family, settings, by_chain.get("OUTPUT", []))
+            + output_chain(family, settings, by_chain.get("OUTPUT", []), portal)
             + [r for r in mine if r.table != "filter" or r.chain not in ("INPUT", "FORWARD", "OUTPUT")]
             + _gateway_nat(family, settings)
             + fence(family, settings.vpn_interfaces, settings.gateway_interfaces)

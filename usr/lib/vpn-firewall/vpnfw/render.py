@@ -13,7 +13,7 @@ from .model import FENCE_TABLE, OUR_TABLES, our_chain
 _NO_QUOTES = re.compile(r"^[A-Za-z0-9_-]+$")
 # the options iptables-save prints in quotes when they hold more than a word
 QUOTED_TARGET_OPTIONS = ("--log-prefix", "--nflog-prefix")
-QUOTED_MATCH_OPTIONS = ("--comment", "--string")
+QUOTED_MATCH_OPTIONS = ("--comment", "--string", "--path")
 
 
 class TableState(namedtuple("TableState", "jumps chains first", defaults=(frozenset(),))):

@@ -113,6 +113,9 @@ def gather(config_dir: str, compile_config) -> dict:
     from .guard import read_status
 
     facts["guard"] = read_status()
+    from .portal import read_session
+
+    facts["portal"] = read_session()
     facts["exit"] = code
     return facts
 
@@ -158,6 +161,11 @@ def show(facts) -> None:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
             print(f"  {when} {r['family']}: {r['what']}{' by ' + r['by'] if r['by'] else ''}: "
                   f"{r['outcome']} in {r['ms']:.0f} ms")
+    portal = facts["portal"]
+    if portal:
+        until = time.strftime("%H:%M:%S", time.localtime(portal["until"]))
+        print(f"portal OPEN for {' '.join(portal['command'])} and its children (pid {portal['pid']}): tcp 80, 443"
+              f"{' and DNS to ' + ', '.join(portal['dns']) if portal['dns'] else ''} until {until}")
     shown = ", ".join(f"{i['name']} ({i['state']})" for i in facts["vpn_interfaces"]) or "none present"
     print(f"vpn interfaces ({' '.join(facts['vpn_interface_patterns'])}): {shown}")
     for path in facts["paths_around"]:
