@@ -35,7 +35,8 @@ install: man
 	install -m 0644 etc/vpn-firewall/*.conf $(DESTDIR)/etc/vpn-firewall/
 	install -m 0644 lib/systemd/system/vpn-firewall.service lib/systemd/system/vpn-firewall-guard.service \
 	    lib/systemd/system/vpn-firewall-refresh.service \
-	    lib/systemd/system/vpn-firewall-refresh.timer $(DESTDIR)/lib/systemd/system/
+	    lib/systemd/system/vpn-firewall-refresh.timer lib/systemd/system/vpn-firewall-client-configs.path \
+	    lib/systemd/system/vpn-firewall-client-configs.service $(DESTDIR)/lib/systemd/system/
 	install -m 0644 usr/share/bash-completion/completions/vpn-firewall \
 	    $(DESTDIR)/usr/share/bash-completion/completions/
 

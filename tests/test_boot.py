@@ -149,6 +149,7 @@ def test_install_upgrade_remove_purge_in_a_running_system(tmp_path, base):
     assert "NOT started" in (results / "install.log").read_text()
     assert f["install_active"] == "inactive" and f["install_enabled"] == "enabled", f
     assert f["timer_enabled"] == "disabled", "the refresh timer is off by default"
+    assert f["watcher_enabled"] == "disabled", "the client-config watcher is off by default"
     assert "VPNFW" not in (results / "install.save").read_text()
     # configured and restarted: loaded
     assert f["restart_active"] == "active"

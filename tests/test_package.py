@@ -55,7 +55,10 @@ def test_unit_verifies_and_is_ordered_for_boot(tmp_path):
             shutil.copy(os.path.join("/lib/systemd/system", name), units / name, follow_symlinks=True)
     out = subprocess.run(["systemd-analyze", "verify", f"--root={tmp_path / 'tree'}", "--man=no",
                           "/lib/systemd/system/vpn-firewall.service", "/lib/systemd/system/vpn-firewall-refresh.service",
-                          "/lib/systemd/system/vpn-firewall-refresh.timer"], capture_output=True, text=True)
+                          "/lib/systemd/system/vpn-firewall-refresh.timer",
+                          "/lib/systemd/system/vpn-firewall-client-configs.path",
+                          "/lib/systemd/system/vpn-firewall-client-configs.service",
+                          "/lib/systemd/system/vpn-firewall-guard.service"], capture_output=True, text=True)
     assert out.returncode == 0 and "cycle" not in out.stderr.lower(), out.stderr
     assert out.stderr.strip() == "", out.stderr
     unit = (tmp_path / "tree/lib/systemd/system/vpn-firewall.service").read_text()

@@ -29,6 +29,7 @@ if [ "$(cat /root/scenario)" = install ]; then
     echo "install_active=$(systemctl is-active vpn-firewall.service)" >> $R/boot
     echo "install_enabled=$(systemctl is-enabled vpn-firewall.service)" >> $R/boot
     echo "timer_enabled=$(systemctl is-enabled vpn-firewall-refresh.timer)" >> $R/boot
+    echo "watcher_enabled=$(systemctl is-enabled vpn-firewall-client-configs.path)" >> $R/boot
     iptables-save > $R/install.save 2>&1
     printf '@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n' > /etc/vpn-firewall/30_user.conf
     systemctl restart vpn-firewall.service

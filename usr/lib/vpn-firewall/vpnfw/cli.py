@@ -35,6 +35,11 @@ def compile_config(config_dir: str, quiet: bool = False) -> "Compiled":
 
     config = read_config(config_dir)
     settings = read_settings(config.variables)
+    if settings.vpn_client_configs:
+        from .clientconfigs import endpoints
+
+        found = endpoints(settings.vpn_client_configs, config.variables.warnings.append)
+        settings = settings._replace(vpn_servers=settings.vpn_servers + found)
     pinned = pin(settings, say if not quiet else (lambda level, message: None))
     compiler = Compiler(config.variables, Services(services_path()))
     user_rules = compiler.compile(config.statements)

@@ -26,6 +26,7 @@ class Settings(namedtuple("Settings", [
     "gateway_interfaces",  # internal interfaces whose clients are routed through the tunnel
     "gateway_masquerade",
     "gateway_masquerade6",
+    "vpn_client_configs",  # of Atoms: quoted shell patterns of VPN clients' config files
 ])):
     __slots__ = ()
 
@@ -67,6 +68,7 @@ SCHEMA = {
     "GATEWAY_INTERFACES": ("gateway_interfaces", _list, V.interface, ()),
     "GATEWAY_MASQUERADE": ("gateway_masquerade", _bool, None, True),
     "GATEWAY_MASQUERADE6": ("gateway_masquerade6", _bool, None, False),
+    "VPN_CLIENT_CONFIGS": ("vpn_client_configs", _list, lambda atom: atom, ()),
 }
 
 
