@@ -50,6 +50,7 @@ def run_loader(args, env=None, netns=None, timeout=60):
     full_env.pop("JOURNAL_STREAM", None)
     full_env["VPN_FIREWALL_LOCK"] = "/tmp/vpn-firewall-test.lock"
     full_env["VPN_FIREWALL_RUN_DIR"] = "/tmp/vpn-firewall-test-run"
+    full_env["VPN_FIREWALL_STATE_DIR"] = "/tmp/vpn-firewall-test-state"  # never this machine's /var/lib
     full_env.update(env or {})
     return subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=timeout)
 

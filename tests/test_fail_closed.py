@@ -206,7 +206,8 @@ def _closed(ns, family):
 
 def _kill_during(ns, conf, delay):
     import time
-    env = dict(os.environ, VPN_FIREWALL_LOCK="/tmp/vpn-firewall-test.lock")
+    env = dict(os.environ, VPN_FIREWALL_LOCK="/tmp/vpn-firewall-test.lock", VPN_FIREWALL_RUN_DIR="/tmp/vpn-firewall-test-run",
+               VPN_FIREWALL_STATE_DIR="/tmp/vpn-firewall-test-state")
     proc = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, LOADER, "--config-dir", conf, "start"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(delay)

@@ -49,7 +49,8 @@ def test_a_ferm_file_loads_verifies_reloads_and_unloads_cleanly(tmp_path, netns,
     os.chmod(conf / "30_user.conf", 0o644)
     ns = netns("ferm")
     env = dict(os.environ, PATH=T.backend_bin(str(tmp_path), backend) + ":" + os.environ["PATH"],
-               VPN_FIREWALL_LOCK=str(tmp_path / "lock"), VPN_FIREWALL_RUN_DIR=str(tmp_path / "run"))
+               VPN_FIREWALL_LOCK=str(tmp_path / "lock"), VPN_FIREWALL_RUN_DIR=str(tmp_path / "run"),
+               VPN_FIREWALL_STATE_DIR=str(tmp_path / "state"))
     where = (env, ns.name)
     for attempt in ("start", "restart"):
         out = run(where, "--config-dir", str(conf), "start")

@@ -93,7 +93,8 @@ class Lan:
         self.router, self.client = f"vpnfw-rt-{tag}", f"vpnfw-dh-{tag}"
         self.env = dict(os.environ, PATH=T.backend_bin(self.workdir, backend) + ":" + os.environ["PATH"],
                         VPN_FIREWALL_LOCK=os.path.join(self.workdir, "lock"),
-                        VPN_FIREWALL_RUN_DIR=os.path.join(self.workdir, "run"))
+                        VPN_FIREWALL_RUN_DIR=os.path.join(self.workdir, "run"),
+                        VPN_FIREWALL_STATE_DIR=os.path.join(self.workdir, "state"))
         self.confdir = os.path.join(self.workdir, "conf")
         self.pcap = os.path.join(self.workdir, "client.pcap")
         self.procs = {}

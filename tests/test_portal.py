@@ -105,7 +105,11 @@ def test_only_the_command_gets_out_and_only_on_http_https_and_dns(pki, tmp_path,
         bed.spawn("https", bed.inet, [sys.executable, T.PROBE, "serve", "443", T.WEB_V4], stdout=subprocess.PIPE,
                   text=True)
         assert bed.procs["https"].stdout.readline().strip() == "ready"
-        flag = tmp_path / "done"
+        shared = tmp_path / "shared"  # where the browser, as nobody, can see the flag
+        shared.mkdir()
+        for d in (shared, tmp_path, tmp_path.parent, tmp_path.parent.parent):
+            os.chmod(d, os.stat(d).st_mode | 0o011)
+        flag = shared / "done"
         run = portal(bed, "--for", "2m", "--dns", T.ROUTER_V4, "--", sys.executable, "-c", BROWSER, T.WEB_V4,
                      T.ROUTER_V4, T.DNS_V4, str(flag), env={"SUDO_UID": "65534", "SUDO_GID": "65534"})
         line = run.stdout.readline()

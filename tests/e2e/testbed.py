@@ -99,7 +99,8 @@ class Testbed:
         self.procs = {}
         self.env = dict(os.environ, PATH=backend_bin(workdir, backend) + ":" + os.environ["PATH"],
                         VPN_FIREWALL_LOCK=os.path.join(self.workdir, "lock"),
-                        VPN_FIREWALL_RUN_DIR=os.path.join(self.workdir, "run"))
+                        VPN_FIREWALL_RUN_DIR=os.path.join(self.workdir, "run"),
+                        VPN_FIREWALL_STATE_DIR=os.path.join(self.workdir, "state"))
         self.env.pop("JOURNAL_STREAM", None)
         self.confdir = os.path.join(self.workdir, "conf")
         self.pcap = os.path.join(self.workdir, "client.pcap")

@@ -23,7 +23,15 @@ def say(level: str, message: str) -> None:
 Compiled = namedtuple("Compiled", "ruleset settings resolving", defaults=((),))
 
 
-def compile_config(config_dir: str, quiet: bool = False) -> "Compiled":
+def tell(kind: str, text: str) -> None:
+    """What a compile says: a config warning as it is ('raw'), anything else through say()."""
+    if kind == "raw":
+        sys.stderr.write(text + "\n")
+    else:
+        say(kind, text)
+
+
+def compile_config(config_dir: str, quiet: bool = False, tell=tell) -> "Compiled":
     """The config's ruleset and settings, or ConfigError; warnings are said on the way."""
     from . import policy
     from .compiler import Compiler
@@ -40,14 +48,14 @@ def compile_config(config_dir: str, quiet: bool = False) -> "Compiled":
 
         found = endpoints(settings.vpn_client_configs, config.variables.warnings.append)
         settings = settings._replace(vpn_servers=settings.vpn_servers + found)
-    pinned = pin(settings, say if not quiet else (lambda level, message: None))
+    pinned = pin(settings, tell if not quiet else (lambda level, message: None))
     compiler = Compiler(config.variables, Services(services_path()))
     user_rules = compiler.compile(config.statements)
     for warning in [] if quiet else compiler.warnings + unused_warnings(config.variables):
-        sys.stderr.write(warning + "\n")
+        tell("raw", warning)
     if not settings.vpn_servers and not quiet:
-        say("notice", "$VPN_SERVERS is empty: nothing but LAN/DHCP can leave outside the tunnel, "
-                      "so no VPN client can connect; set it in " + os.path.join(config_dir, "30_user.conf"))
+        tell("notice", "$VPN_SERVERS is empty: nothing but LAN/DHCP can leave outside the tunnel, "
+                       "so no VPN client can connect; set it in " + os.path.join(config_dir, "30_user.conf"))
     from .portal import read_session
 
     return Compiled(policy.build(pinned, user_rules, read_session()), settings,
@@ -83,13 +91,50 @@ def compiled_or_say(config_dir: str):
         return None
 
 
+class ForStart:
+    """start's ruleset: from the cache when nothing the compile read has changed (rules in
+    their printed form), else compiled now (inputs, said: what the cache keeps of it)."""
+
+    def __init__(self, config_dir: str):
+        from . import cache
+
+        hit = cache.load(config_dir)
+        if hit is not None:
+            self.ruleset, said = hit
+            self.inputs = None
+            for kind, text in said:
+                tell(kind, text)
+            return
+        self.said = []
+
+        def keep(kind, text):
+            self.said.append((kind, text))
+            tell(kind, text)
+        cache.record()
+        try:
+            self.ruleset = compile_config(config_dir, tell=keep).ruleset
+        finally:
+            self.inputs = cache.stop()
+
+    def keep(self, config_dir: str) -> None:
+        """After a verified load: the cache holds this compile for the next start."""
+        from . import cache
+
+        if self.inputs is not None:
+            cache.store(config_dir, self.inputs, self.ruleset, self.said)
+
+
 def cmd_start(args) -> int:
     from . import load
 
+    prepared = []
     with RulesLock():
-        code = load.apply(lambda: compile_config(args.config_dir).ruleset, say)
+        code = load.apply(lambda: prepared.append(ForStart(args.config_dir)) or prepared[0], say)
     if code == load.OK:
-        say("info", f"rules loaded and verified ({', '.join(load.families())})")
+        cached = prepared[0].inputs is None
+        say("info", f"rules loaded and verified ({', '.join(load.families())})"
+                    + ("; the config is unchanged since it was compiled last (cache)" if cached else ""))
+        prepared[0].keep(args.config_dir)
     return code
 
 

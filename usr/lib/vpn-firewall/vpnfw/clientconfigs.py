@@ -20,7 +20,7 @@ import os
 import re
 import stat
 
-from . import values as V
+from . import cache, values as V
 from .errors import ConfigError, Pos
 from .parser import Atom
 
@@ -34,6 +34,7 @@ def endpoints(patterns, warn) -> tuple:
     found = []
     for pattern in patterns:
         paths = sorted(glob.glob(pattern.text))
+        cache.note_glob(pattern.text, paths)
         if not paths:
             warn(f"{pattern.pos}: warning: $VPN_CLIENT_CONFIGS: {pattern.text!r} matches no file")
         for path in paths:
@@ -47,7 +48,10 @@ def read_file(path: str) -> list:
     try:
         st = os.stat(path)
         with open(path, "rb") as f:
-            text = f.read().decode("utf-8", "replace")
+            data = f.read()
+        text = data.decode("utf-8", "replace")
+        cache.note_file(path, data)
+        cache.note_owner(path, st)
     except OSError as e:
         raise ConfigError(Pos(path, 1, 1), f"cannot read this VPN client config: {e.strerror}") from None
     if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):

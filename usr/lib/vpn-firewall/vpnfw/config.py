@@ -13,6 +13,7 @@ import os
 import stat
 from collections import namedtuple
 
+from . import cache
 from .compiler import Variables
 from .errors import ConfigError, Pos
 from .parser import Def, FuncDef, Include, parse
@@ -27,6 +28,7 @@ Config = namedtuple("Config", "files variables statements")
 def config_files(directory: str) -> list:
     try:
         names = os.listdir(directory)
+        cache.note_listing(directory, names)
     except FileNotFoundError:
         raise ConfigError(Pos(directory, 1, 1), "the config directory does not exist") from None
     except OSError as e:
@@ -50,6 +52,7 @@ def config_files(directory: str) -> list:
 
 def _check_trusted(path: str, st: os.stat_result, what: str) -> None:
     """A firewall config that someone else may edit is no firewall: refuse it."""
+    cache.note_owner(path, st)
     if st.st_uid != 0:
         raise ConfigError(Pos(path, 1, 1), f"the config {what} is owned by uid {st.st_uid}, not root: refusing to use it")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -72,7 +75,9 @@ def read_config(directory: str) -> Config:
 def _parse_file(path: str) -> tuple:
     try:
         with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
+            data = f.read()
+        cache.note_file(path, data)
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(Pos(path, 1, 1), f"not valid UTF-8 (byte {e.start})") from None
     except OSError as e:
@@ -146,6 +151,7 @@ def _included(node: Include, variables, chain: tuple) -> list:
 def _directory(path: str, pos) -> list:
     try:
         names = sorted(os.listdir(path))
+        cache.note_listing(path, names)
         _check_trusted(path, os.stat(path), "directory")
     except OSError as e:
         raise ConfigError(pos, f"cannot include {path}: {e.strerror}") from None

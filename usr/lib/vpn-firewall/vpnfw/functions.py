@@ -7,7 +7,7 @@ Truth is ferm's (Perl's): an empty list, '' and '0' are false, anything else is 
 
 import os
 
-from . import values as V
+from . import cache, values as V
 from .errors import ConfigError
 from .parser import Atom
 
@@ -78,7 +78,9 @@ def _glob(variables, call):
     for node in _args(call, least=1):
         for atom in variables.expand(node):
             pattern = atom.text if os.path.isabs(atom.text) else os.path.join(base, atom.text)
-            found += [Atom("string", p, atom.pos) for p in sorted(glob.glob(pattern))]
+            paths = sorted(glob.glob(pattern))
+            cache.note_glob(pattern, paths)
+            found += [Atom("string", p, atom.pos) for p in paths]
     return found
 
 

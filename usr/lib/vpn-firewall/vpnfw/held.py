@@ -1,5 +1,7 @@
 """The ruleset in force, per family, kept in /run: what the guard puts back, never recompiled.
 
+Kept in the printed form (table, chain, line per rule): all that loading and verifying need.
+
 Written by whatever changes what is in force (start, reload, refresh, the lockdown) while
 it holds the rules lock, and read by the guard under the same lock. marshal: the rules are
 tuples of strings, and it costs nothing to import on the boot path; the file lives in
@@ -9,7 +11,9 @@ tuples of strings, and it costs nothing to import on the boot path; the file liv
 import marshal
 import os
 
-from .model import Rule
+from .render import printed_form
+
+from .model import Printed
 
 
 def run_dir() -> str:
@@ -25,7 +29,7 @@ def read():
     try:
         with open(_path(), "rb") as f:
             data = marshal.load(f)
-        return {family: [Rule(*fields) for fields in rules] for family, rules in data.items()}
+        return {family: [Printed(*fields) for fields in rules] for family, rules in data.items()}
     except (OSError, EOFError, ValueError, TypeError):
         return None
 
@@ -40,9 +44,9 @@ def stamp():
 
 
 def record(changed: dict) -> None:
-    """Record family -> rules as now in force; the other families stay as recorded.
-    OSError when it cannot be written."""
-    ruleset = read() or {}
+    """Record family -> rules (Rule or Printed) as now in force; the other families stay as
+    recorded. OSError when it cannot be written."""
+    ruleset = read() or {} if stamp() is not None else {}
     ruleset.update(changed)
     _write(ruleset)
 
@@ -51,7 +55,7 @@ def _write(ruleset: dict) -> None:
     os.makedirs(run_dir(), mode=0o755, exist_ok=True)
     tmp = _path() + ".tmp"
     with open(tmp, "wb") as f:
-        marshal.dump({family: [tuple(r) for r in rules] for family, rules in ruleset.items()}, f)
+        marshal.dump({family: [tuple(r) for r in printed_form(rules)] for family, rules in ruleset.items()}, f)
     os.replace(tmp, _path())
 
 

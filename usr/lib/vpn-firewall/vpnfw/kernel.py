@@ -17,7 +17,6 @@ from collections import namedtuple
 from .errors import LoadError
 from .model import CHAIN_PREFIX, OUR_TABLES, our_chain
 from .render import TableState
-from .values import IP
 
 TOOL_PREFIX = {"ip": "iptables", "ip6": "ip6tables"}
 WAIT = ("-w", "10")  # wait for the xtables lock rather than fail at boot beside another tool
@@ -147,9 +146,9 @@ def backend() -> str:
 def other_backend_rules(primary: str) -> list:
     """Families whose other backend holds rules too: both apply to every packet, which confuses."""
     found = []
-    for family in (IP, "ip6"):
+    for family in ("ip", "ip6"):
         if primary == "nft":
-            names = os.path.join(proc_dir(), "net", "ip_tables_names" if family == IP else "ip6_tables_names")
+            names = os.path.join(proc_dir(), "net", "ip_tables_names" if family == "ip" else "ip6_tables_names")
             try:
                 with open(names) as f:
                     if not f.read().strip():

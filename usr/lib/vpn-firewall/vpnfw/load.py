@@ -7,9 +7,9 @@ what we meant, the lockdown ruleset is loaded, and if even that fails the built-
 policies are set to DROP one by one.
 """
 
-from . import held, kernel, policy
+from . import held, kernel
 from .errors import ConfigError, LoadError, VerifyError
-from .model import FENCE_TABLE, LOCKDOWN_COMMENT, OUR_TABLES, our_chain
+from .model import FENCE_TABLE, LOCKDOWN_COMMENT, OUR_TABLES, Printed, our_chain
 from .render import (chains_declared, chains_of, expected_lines, render_load, render_unload,
                      rendered, tables_used)
 
@@ -88,6 +88,8 @@ def _load_verified(family: str, rules, state: dict) -> None:
 def lockdown(family: str, say, record: bool = True) -> str:
     """Close the family whatever it takes; returns 'lockdown' or 'open'. record: the
     lockdown becomes what the guard keeps in force (not when the guard itself closes)."""
+    from . import policy  # only when closing: not on every start's path
+
     rules = policy.lockdown()[family]
     try:
         state = kernel.table_states(kernel.save(family))
@@ -109,10 +111,14 @@ def lockdown(family: str, say, record: bool = True) -> str:
 
 def _record(family: str, rules, say) -> None:
     """What is in force now, for the guard to put back."""
+    _record_all({family: rules}, say)
+
+
+def _record_all(changed: dict, say) -> None:
     try:
-        held.record({family: rules})
+        held.record(changed)
     except OSError as e:  # the rules are loaded all the same; only the guard cannot know them
-        say("warning", f"{family}: cannot record the rules in force for the guard: {e}")
+        say("warning", f"{', '.join(changed)}: cannot record the rules in force for the guard: {e}")
 
 
 def families() -> list:
@@ -159,22 +165,30 @@ def _apply(compile_ruleset, say) -> int:
     fams = families()
     if "ip6" not in fams:
         say("notice", "ip6: the kernel has no IPv6 (no /proc/net/if_inet6): IPv6 rules skipped")
-    # The kernel's state is read while the config compiles: the saves are processes of their own.
-    reading = {f: kernel.start_save(f) for f in fams}
+    # Nothing recorded since boot (the first start): the kernel holds nothing of ours, most
+    # likely, and the rules are rendered for that at once, not after reading it. If it did
+    # hold something, the read-back shows it, and the family is loaded again the careful way.
+    fresh = held.stamp() is None
+    # Otherwise the kernel's state is read while the config compiles: the saves are processes of their own.
+    reading = {} if fresh else {f: kernel.start_save(f) for f in fams}
     _warn_other_backend(say)
     try:
-        ruleset, problem = compile_ruleset(), None
+        compiled, problem = compile_ruleset(), None
     except (ConfigError, LoadError) as e:
         problem = str(e)
     except Exception as e:  # a bug must not leave the machine open either
         problem = f"internal error: {e.__class__.__name__}: {e}"
-    read = {f: _read_state(f, reading[f], say) for f in fams}
-    states = {f: read[f][0] for f in fams}
-    loaded = {f: read[f][1] for f in fams}
+    if fresh:
+        states, loaded = {f: {} for f in fams}, {f: None for f in fams}
+    else:
+        read = {f: _read_state(f, reading[f], say) for f in fams}
+        states = {f: read[f][0] for f in fams}
+        loaded = {f: read[f][1] for f in fams}
     if problem is not None:
         say("error", problem)
-        outcomes = {f: _keep_or_lockdown(f, loaded[f], say) for f in fams}
+        outcomes = {f: _keep_or_lockdown(f, _loaded(f, loaded[f], say), say) for f in fams}
         return max(OUTCOME_EXIT[o] for o in outcomes.values())
+    ruleset = getattr(compiled, "ruleset", compiled)
 
     # The families side by side: each restore starts as soon as its text is printed, every
     # one before any is waited for; each read-back as soon as its own restore is done.
@@ -182,26 +196,45 @@ def _apply(compile_ruleset, say) -> int:
     for family in fams:
         printed[family] = rendered(ruleset[family])
         restoring[family] = kernel.start_restore(family, render_load(ruleset[family], states[family], printed[family]))
-    verifying, outcomes = {}, {}
+    verifying, outcomes, verified = {}, {}, {}
     for family in fams:
         try:
             kernel.check_restored(restoring[family])
             verifying[family] = kernel.start_save(family)
         except LoadError as e:  # a failed restore changed nothing
             say("error", f"{family}: {e}")
-            outcomes[family] = _keep_or_lockdown(family, loaded[family], say)
+            outcomes[family] = _keep_or_lockdown(family, _loaded(family, loaded[family], say), say)
     for family, saving in verifying.items():
         try:
-            _check(kernel.dump_of(saving), ruleset[family], printed[family])
+            dump = kernel.dump_of(saving)
+            if fresh and differences(dump, ruleset[family], printed[family]):
+                # it held something after all (another tool restored chains of ours at boot):
+                # load the family again, rendered for what it holds
+                kernel.restore(family, render_load(ruleset[family], kernel.table_states(dump), printed[family]))
+                dump = kernel.save(family)
+            _check(dump, ruleset[family], printed[family])
             outcomes[family] = "loaded"
-            _record(family, ruleset[family], say)
+            verified[family] = [r if type(r) is Printed else Printed(r.table, r.chain, line)
+                                for r, line in printed[family]]
         except VerifyError as e:
             say("error", f"{family}: {e}")
             outcomes[family] = lockdown(family, say)
         except LoadError as e:  # the restore went through, but what it left cannot be told
             say("error", f"{family}: cannot read the rules back after loading them: {e}")
             outcomes[family] = lockdown(family, say)
+    if verified:  # every family at once: the file is read and written once
+        _record_all(verified, say)
     return max(OUTCOME_EXIT[o] for o in outcomes.values())
+
+
+def _loaded(family: str, known, say) -> bool:
+    """Whether our rules are loaded in the family: as read before, or read now."""
+    if known is not None:
+        return known
+    try:
+        return kernel.is_loaded(kernel.save(family))
+    except LoadError:
+        return False  # unreadable counts as not loaded: closing is the safe side
 
 
 def _warn_other_backend(say) -> None:

@@ -43,5 +43,12 @@ class Rule(namedtuple("Rule", "family table chain header matches target target_o
     __slots__ = ()
 
 
+class Printed(namedtuple("Printed", "table chain line")):
+    """A rule as loading and verifying need it: where it goes and its line as iptables-save
+    prints it. What the guard keeps and the cache holds: far cheaper to read back than Rule."""
+
+    __slots__ = ()
+
+
 def our_chain(builtin: str) -> str:
     return CHAIN_PREFIX + builtin

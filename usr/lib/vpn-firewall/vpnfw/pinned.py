@@ -23,11 +23,18 @@ def read_pins() -> dict:
     """name -> {"addresses": [...], "resolved": unix time}; empty when never refreshed."""
     import json  # only with host names: not on every boot's path
 
+    from . import cache
+
     try:
-        with open(state_file()) as f:
-            pins = json.load(f)
+        with open(state_file(), "rb") as f:
+            data = f.read()
+    except OSError:
+        data = None
+    cache.note_file(state_file(), data)
+    try:
+        pins = json.loads(data) if data is not None else {}
         return pins if isinstance(pins, dict) else {}
-    except (OSError, ValueError):
+    except ValueError:
         return {}
 
 

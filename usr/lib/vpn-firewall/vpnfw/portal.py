@@ -9,10 +9,7 @@ carries the session's end (`-m time --datestop`): when the time is up the kernel
 matching them, whatever happens to vpn-firewall.
 """
 
-import json
 import os
-import re
-import signal
 import time
 
 from . import values as V
@@ -31,6 +28,8 @@ class PortalError(Exception):
 
 def duration(text: str) -> int:
     """'90s', '5m', '1h' or seconds: at most an hour."""
+    import re
+
     m = re.match(r"^(\d+)([smh]?)$", text)
     if not m:
         raise PortalError(f"--for takes a duration such as 90s, 5m or 1h, not {text!r}")
@@ -46,17 +45,31 @@ def session_path() -> str:
 
 def read_session(now=None):
     """The open session (a dict), or None: none, ended, or its time is up."""
+    from . import cache
+
     try:
-        with open(session_path()) as f:
-            session = json.load(f)
-    except (OSError, ValueError):
+        with open(session_path(), "rb") as f:
+            data = f.read()
+    except OSError:
+        data = None
+    cache.note_file(session_path(), data)  # a cached compile is one without a session
+    if data is None:
+        return None
+    import json  # only with a session file: not on every boot's path
+
+    try:
+        session = json.loads(data)
+    except ValueError:
         return None
     if not isinstance(session, dict) or session.get("until", 0) <= (now or time.time()):
         return None
+    cache.uncacheable()  # a session is of the moment: a compile with it is never kept
     return session
 
 
 def write_session(session) -> None:
+    import json
+
     path = session_path()
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     tmp = path + ".tmp"
@@ -152,6 +165,8 @@ def lease_resolvers() -> list:
 # -- the run ------------------------------------------------------------------------------
 def run_command(command, cgroup_dir, say) -> int:
     """Start the command in the cgroup, as the user who ran sudo; its pid."""
+    import signal
+
     uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
     pid = os.fork()
     if pid == 0:  # the child: into the cgroup, down to the user, then the command

@@ -5,12 +5,12 @@ The text is loaded with --noflush: only our chains are replaced, other tools' ru
 the same tables stay, and all of it happens in one transaction per family.
 """
 
-import re
 from collections import namedtuple
 
-from .model import FENCE_TABLE, OUR_TABLES, our_chain
+from .model import FENCE_TABLE, OUR_TABLES, Printed, our_chain
 
-_NO_QUOTES = re.compile(r"^[A-Za-z0-9_-]+$")
+# what iptables-save prints without quotes (a set, not a regex: re costs milliseconds to import at boot)
+_NO_QUOTES = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 # the options iptables-save prints in quotes when they hold more than a word
 QUOTED_TARGET_OPTIONS = ("--log-prefix", "--nflog-prefix")
 QUOTED_MATCH_OPTIONS = ("--comment", "--string", "--path")
@@ -32,7 +32,7 @@ NOTHING = TableState({}, frozenset())
 
 def quote(text: str) -> str:
     # The rule of xtables_save_string; our values never hold quotes or backslashes.
-    return text if _NO_QUOTES.match(text) else f'"{text}"'
+    return text if text and _NO_QUOTES.issuperset(text) else f'"{text}"'
 
 
 def rule_line(rule) -> str:
@@ -91,8 +91,14 @@ def _jump_lines(table: str, builtin: str, ts: TableState) -> list:
 
 
 def rendered(rules) -> list:
-    """(rule, its line) for every rule, printed once for both loading and verifying."""
-    return [(r, rule_line(r)) for r in rules]
+    """(rule, its line) for every rule, printed once for both loading and verifying; a
+    Printed rule (recorded or cached) brings its line along."""
+    return [(r, r.line) if type(r) is Printed else (r, rule_line(r)) for r in rules]
+
+
+def printed_form(rules) -> list:
+    """The rules as Printed, for recording: (table, chain, line) each."""
+    return [r if type(r) is Printed else Printed(r.table, r.chain, line) for r, line in rendered(rules)]
 
 
 def expected_lines(lines, table: str) -> dict:

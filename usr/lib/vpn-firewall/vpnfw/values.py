@@ -207,20 +207,24 @@ class Services:
 
 
 def _read_services(path: str) -> dict:
-    ports = {}
+    from . import cache
+
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split("#", 1)[0].split()
-                if len(fields) < 2 or "/" not in fields[1]:
-                    continue
-                number, proto = fields[1].split("/", 1)
-                if not number.isdigit():
-                    continue
-                for name in [fields[0]] + fields[2:]:
-                    ports.setdefault((name, proto), int(number))
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError:
-        pass
+        data = None
+    cache.note_file(path, data)
+    ports = {}
+    for line in (data or b"").decode("utf-8", "replace").splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2 or "/" not in fields[1]:
+            continue
+        number, proto = fields[1].split("/", 1)
+        if not number.isdigit():
+            continue
+        for name in [fields[0]] + fields[2:]:
+            ports.setdefault((name, proto), int(number))
     return ports
 
 
@@ -288,13 +292,22 @@ def account(atom, kind: str) -> str:
     if not _NAME.match(text):
         raise ConfigError(atom.pos, f"expected a {kind} name or number, got {text!r}")
     try:
-        if kind == "user":
-            import pwd
-            return str(pwd.getpwnam(text).pw_uid)
-        import grp
-        return str(grp.getgrnam(text).gr_gid)
+        number = account_number(kind, text)
     except KeyError:
         raise ConfigError(atom.pos, f"no such {kind} {text!r} on this system") from None
+    from . import cache
+
+    cache.note_account(kind, text, number)
+    return number
+
+
+def account_number(kind: str, name: str) -> str:
+    """The number of a user or group name (KeyError when there is none)."""
+    if kind == "user":
+        import pwd
+        return str(pwd.getpwnam(name).pw_uid)
+    import grp
+    return str(grp.getgrnam(name).gr_gid)
 
 
 def services_path() -> str:
