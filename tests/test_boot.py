@@ -40,11 +40,15 @@ def base():
     return BASE
 
 
-def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, enable=()):
-    """Boot a guest on an overlay of the base tree; return (results dir, console output)."""
-    upper, work, root = (tmp_path / d for d in ("upper", "work", "root"))
-    for d in (upper, work, root):
+def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, enable=(), upper=None):
+    """Boot a guest on an overlay of the base tree; return (results dir, console output).
+    upper: the overlay of an earlier boot, to boot the same machine again."""
+    work, root = tmp_path / "work", tmp_path / "root"
+    for d in (work, root):
         d.mkdir()
+    if upper is None:
+        upper = tmp_path / "upper"
+        upper.mkdir()
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={base},upperdir={upper},workdir={work}", str(root)], check=True)
     ns = f"vpnfw-boot-{os.getpid()}-{scenario}"
@@ -53,7 +57,8 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
         shutil.copy(os.path.join(HERE, "guest-check.service"), root / "etc/systemd/system")
         wants = root / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(exist_ok=True)
-        (wants / "guest-check.service").symlink_to("/etc/systemd/system/guest-check.service")
+        if not (wants / "guest-check.service").is_symlink():  # booted before: it is there
+            (wants / "guest-check.service").symlink_to("/etc/systemd/system/guest-check.service")
         (root / "root/scenario").write_text(scenario)
         (root / "etc/network/interfaces").write_text(INTERFACES)
         shutil.copy(DEB, root / "root/vpn-firewall.deb")
@@ -81,7 +86,7 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
              "--console=read-only", "-D", str(root)],
             capture_output=True, text=True)
         results = tmp_path / "results"
-        shutil.copytree(root / "root/results", results)
+        shutil.copytree(root / "root/results", results, dirs_exist_ok=True)
         return results, console.stdout + console.stderr
     finally:
         subprocess.run(["umount", str(root)], check=False)
@@ -106,6 +111,21 @@ def test_boot_loads_the_kill_switch_before_the_network(tmp_path, base):
     assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j ACCEPT" in (results / "boot-ip.save").read_text()
     assert f["guard_active"] == "active", (results / "journal").read_text()
     assert "guarding the rules in force" in (results / "journal").read_text()
+
+
+def test_the_second_boot_with_an_unchanged_config_loads_the_cached_compile(tmp_path, base):
+    (tmp_path / "first").mkdir()
+    results, console = boot(tmp_path / "first", base, "configured", CONFIGURED)
+    journal = (results / "journal").read_text()
+    assert facts(results)["active"] == "active" and "(cache)" not in journal, journal
+    assert (tmp_path / "first/upper/var/lib/vpn-firewall/compiled").exists(), "the unit may write its state directory"
+    (tmp_path / "second").mkdir()
+    results, console = boot(tmp_path / "second", base, "again", preinstall=False, upper=tmp_path / "first/upper")
+    f = facts(results)
+    assert f["active"] == "active" and 0 < int(f["fw_exit"]) < int(f["netpre"]), f
+    assert "the config is unchanged since it was compiled last (cache)" in (results / "journal").read_text()
+    save = (results / "boot-ip.save").read_text()
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j ACCEPT" in save
 
 
 def test_boot_with_nftables_enabled_ends_with_the_kill_switch_in_force(tmp_path, base):
