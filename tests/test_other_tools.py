@@ -259,6 +259,39 @@ def test_guard_follows_a_reload_and_unload_stops_it(tmp_path):
         bed.down()
 
 
+def test_guard_adopts_the_configs_rules_when_nothing_was_recorded(tmp_path):
+    """After an upgrade from a version that recorded nothing: the guard takes the config's
+    rules, as they are in force, for what to keep, records them, and repairs a flush."""
+    bed = _bed(tmp_path, "nft")
+    try:
+        os.unlink(os.path.join(bed.env["VPN_FIREWALL_RUN_DIR"], "ruleset"))
+        guard = Guarded(bed)
+        assert os.path.exists(os.path.join(bed.env["VPN_FIREWALL_RUN_DIR"], "ruleset")), "adopted and recorded"
+        _nft_flush(bed)
+        time.sleep(0.5)
+        assert "-A OUTPUT -j VPNFW-OUTPUT" in bed.in_ns(bed.client, ["iptables-save"]).stdout
+        assert flood_leaks(bed) == []
+        assert "repaired" in guard.stop()
+    finally:
+        bed.down()
+
+
+def test_rules_that_cannot_be_recorded_load_all_the_same_and_say_so(tmp_path):
+    bed = _bed(tmp_path, "nft")
+    try:
+        run = bed.env["VPN_FIREWALL_RUN_DIR"]
+        shutil.rmtree(run)
+        with open(run, "w") as f:  # a file where the directory should be: nothing can be written there
+            f.write("in the way\n")
+        out = bed.loader("reload")
+        assert out.returncode == 0, out.stderr
+        assert "cannot record the rules in force for the guard" in out.stderr
+        assert "-A OUTPUT -j VPNFW-OUTPUT" in bed.in_ns(bed.client, ["iptables-save"]).stdout
+        os.unlink(run)
+    finally:
+        bed.down()
+
+
 def test_guard_without_rules_to_guard_exits(tmp_path):
     bed = T.Testbed(str(tmp_path), None, firewall=False)
     try:
