@@ -255,11 +255,12 @@ CORPUS = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
 @pytest.mark.parametrize("number", range(len(CORPUS)), ids=lambda n: CORPUS[n][:60])
-def test_corpus_of_ferm_constructs_loads_as_ferm_loads_it(tmp_path, netns, number):
+def test_corpus_of_ferm_constructs_loads_as_ferm_loads_it(tmp_path, netns, number, backend):
     conf, path = write_rules(tmp_path, CORPUS[number] + "\n")
-    theirs = {family: load_and_save(netns, ferms(str(path), family), family) for family in ("ip", "ip6")}
-    mine = {family: load_and_save(netns, ours(str(conf), family), family) for family in ("ip", "ip6")}
+    theirs = {family: load_and_save(netns, ferms(str(path), family), family, backend) for family in ("ip", "ip6")}
+    mine = {family: load_and_save(netns, ours(str(conf), family), family, backend) for family in ("ip", "ip6")}
     for family in ("ip", "ip6"):
         as_ferm_loads_it(mine[family], theirs[family], family)
     assert mine["ip"] or mine["ip6"], "the construct gave rules"
