@@ -83,7 +83,16 @@ while time.time() - start < seconds:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     work = tmp_path_factory.mktemp("portal")
-    return str(work), T.PKI(str(work))
+    yield str(work), T.PKI(str(work))
+    # the sessions' cgroups are gone; their parent, which the portal keeps, goes too
+    sys.path.insert(0, os.path.join(os.path.dirname(T.LOADER)))
+    from vpnfw.portal import CGROUP_PARENT, cgroup2_mount
+    parent = os.path.join(cgroup2_mount(), CGROUP_PARENT)
+    for name in os.listdir(parent) if os.path.isdir(parent) else []:
+        if os.path.isdir(os.path.join(parent, name)):
+            os.rmdir(os.path.join(parent, name))
+    if os.path.isdir(parent):
+        os.rmdir(parent)
 
 
 def portal(bed, *args, env=None, **kw):

@@ -148,7 +148,15 @@ class Testbed:
         os.chmod(path, 0o644)
 
     def up(self, vpn=True):
-        """Namespaces, capture, firewall (before the link), link, services, VPN."""
+        """Namespaces, capture, firewall (before the link), link, services, VPN; a bed that
+        cannot come up is taken down again (nothing of it is left behind)."""
+        try:
+            return self._up(vpn)
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self, vpn):
         for ns in (self.inet, self.client):
             sh(["ip", "netns", "add", ns])
             self.in_ns(ns, ["ip", "link", "set", "lo", "up"])
