@@ -148,7 +148,9 @@ def test_missing_iptables_says_so_and_exits_6(tmp_path, netns):
 
 def test_a_crash_while_compiling_leaves_the_lockdown(tmp_path, netns):
     ns = netns("crash")
-    code = (f"import sys; sys.path.insert(0, {LIBDIR!r})\n"
+    code = (f"import os, sys; sys.path.insert(0, {LIBDIR!r})\n"
+            "os.environ.update(VPN_FIREWALL_RUN_DIR='/tmp/vpn-firewall-test-run', "
+            "VPN_FIREWALL_STATE_DIR='/tmp/vpn-firewall-test-state')\n"
             "from vpnfw import load\n"
             "def boom(): raise RuntimeError('bug in the compiler')\n"
             "sys.exit(load.apply(boom, lambda level, msg: print(level, msg, file=sys.stderr)))\n")
@@ -286,7 +288,9 @@ def test_a_crash_while_loading_still_closes(tmp_path, netns):
     """A bug in reading the kernel's rules (here: table_states raising) must not leave the
     machine open: the load fails closed, down to the DROP policies."""
     ns = netns("crash2")
-    code = (f"import sys; sys.path.insert(0, {LIBDIR!r})\n"
+    code = (f"import os, sys; sys.path.insert(0, {LIBDIR!r})\n"
+            "os.environ.update(VPN_FIREWALL_RUN_DIR='/tmp/vpn-firewall-test-run', "
+            "VPN_FIREWALL_STATE_DIR='/tmp/vpn-firewall-test-state')\n"
             "from vpnfw import kernel, load, policy\n"
             "from vpnfw.settings import read_settings\n"
             "from vpnfw.compiler import Variables\n"
