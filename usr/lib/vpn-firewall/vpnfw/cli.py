@@ -281,9 +281,6 @@ login is done, close that browser; the VPN client can connect now.
 
 def cmd_portal(args) -> int:
     """A captive portal's login, for one program, for a few minutes (see portal.py)."""
-    import signal
-    import time
-
     from . import load, portal
 
     if args.run is None:
@@ -294,94 +291,15 @@ def cmd_portal(args) -> int:
         return REFUSED
     try:
         seconds = portal.duration(args.values.get("--for", "5m"))
-        if "--dns" in args.values:
-            dns = [portal_dns(args.values["--dns"])]
-        else:
-            dns = portal.lease_resolvers()
+        dns = [portal.dns_address(args.values["--dns"])] if "--dns" in args.values else portal.lease_resolvers()
     except portal.PortalError as e:
         say("error", str(e))
         return cmdline.USAGE_ERROR
-    if not dns:
-        say("warning", "no resolver of the network found in resolv.conf: the command's DNS stays blocked "
-                       "(give one with --dns)")
-    if portal.read_session() is not None:
-        say("error", "a portal session is open already (vpn-firewall status shows it)")
-        return REFUSED
-    now = time.time()
-    session_id = f"{os.getpid()}-{int(now)}"
-    with RulesLock():
-        try:
-            cgroup, cgroup_dir = portal.make_cgroup(session_id)
-        except (portal.PortalError, OSError) as e:
-            say("error", f"portal: {e}")
-            return REFUSED
-        until = now + seconds
-        portal.write_session({"id": session_id, "cgroup": cgroup, "until": until, "dns": dns,
-                               "command": args.run, "pid": os.getpid()})
-        code = load.apply(lambda: compile_config(args.config_dir, quiet=True).ruleset, say)
-    if code != load.OK:
-        portal.end_session()
-        portal.remove_cgroup(cgroup_dir)
-        say("error", "portal: could not load the allowance; nothing was opened")
-        return code
-    when = time.strftime("%H:%M:%S", time.localtime(until))
-    opened = (f"portal OPEN for {' '.join(args.run)} and its children: tcp 80, 443"
-              f"{' and DNS to ' + ', '.join(dns) if dns else ''} outside the tunnel, until {when} "
-              f"({seconds // 60} min {seconds % 60} s) or until it exits")
-    say("warning", opened)
-    portal.journal(opened)
-    closed = []
 
-    def close(reason):
-        if closed:
-            return
-        closed.append(reason)
-        portal.end_session()
+    def reload():
         with RulesLock():
-            code = load.apply(lambda: compile_config(args.config_dir, quiet=True).ruleset, say)
-        message = f"portal closed ({reason})"
-        if code != load.OK:  # the kernel still ends the allowance on time
-            message += f"; the reload failed, the allowance ends at {when} anyway"
-        say("warning", message)
-        portal.journal(message)
-
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's; its end ends the session
-    signal.signal(signal.SIGTERM, terminate)
-    pid = None
-    try:
-        pid = portal.run_command(args.run, cgroup_dir, say)
-        status = portal.wait(pid, until, lambda: close("the time is up"))
-        close("the command exited")
-        return status
-    except SystemExit:
-        if pid:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        close("vpn-firewall portal was stopped")
-        raise
-    finally:
-        portal.remove_cgroup(cgroup_dir)
-
-
-def portal_dns(text: str) -> str:
-    """--dns: one address, without a prefix."""
-    from . import portal
-    from .errors import ConfigError
-    from .parser import Atom
-    from .values import address
-
-    try:
-        _, net = address(Atom("word", text, None))
-    except ConfigError:
-        raise portal.PortalError(f"--dns takes an address, not {text!r}") from None
-    if not net.endswith(("/32", "/128")):
-        raise portal.PortalError(f"--dns takes one address, not a network ({text})")
-    return net.rsplit("/", 1)[0]
+            return load.apply(lambda: compile_config(args.config_dir, quiet=True).ruleset, say)
+    return portal.session(args.run, seconds, dns, reload, RulesLock, say)
 
 
 COMMANDS = {

@@ -211,3 +211,87 @@ def journal(message: str) -> None:
 
     syslog.openlog("vpn-firewall", syslog.LOG_PID, syslog.LOG_DAEMON)
     syslog.syslog(syslog.LOG_WARNING, message)
+
+
+def dns_address(text: str) -> str:
+    """--dns: one address, without a prefix."""
+    from .errors import ConfigError
+    from .parser import Atom
+
+    try:
+        _, net = V.address(Atom("word", text, None))
+    except ConfigError:
+        raise PortalError(f"--dns takes an address, not {text!r}") from None
+    if not net.endswith(("/32", "/128")):
+        raise PortalError(f"--dns takes one address, not a network ({text})")
+    return net.rsplit("/", 1)[0]
+
+
+def session(command, seconds: int, dns, reload, lock, say) -> int:
+    """Open the allowance (reload() loads the rules with it), run the command, close it when
+    the command exits or the time is up; the command's exit status. lock: the rules lock."""
+    import signal
+
+    if not dns:
+        say("warning", "no resolver of the network found in resolv.conf: the command's DNS stays blocked "
+                       "(give one with --dns)")
+    if read_session() is not None:
+        say("error", "a portal session is open already (vpn-firewall status shows it)")
+        return 1
+    now = time.time()
+    session_id = f"{os.getpid()}-{int(now)}"
+    until = now + seconds
+    with lock():
+        try:
+            cgroup, cgroup_dir = make_cgroup(session_id)
+        except (PortalError, OSError) as e:
+            say("error", f"portal: {e}")
+            return 1
+        write_session({"id": session_id, "cgroup": cgroup, "until": until, "dns": dns, "command": command,
+                       "pid": os.getpid()})
+    code = reload()
+    if code != 0:
+        end_session()
+        remove_cgroup(cgroup_dir)
+        say("error", "portal: could not load the allowance; nothing was opened")
+        return code
+    when = time.strftime("%H:%M:%S", time.localtime(until))
+    opened = (f"portal OPEN for {' '.join(command)} and its children: tcp 80, 443"
+              f"{' and DNS to ' + ', '.join(dns) if dns else ''} outside the tunnel, until {when} "
+              f"({seconds // 60} min {seconds % 60} s) or until it exits")
+    say("warning", opened)
+    journal(opened)
+    closed = []
+
+    def close(reason):
+        if closed:
+            return
+        closed.append(reason)
+        end_session()
+        message = f"portal closed ({reason})"
+        if reload() != 0:  # the kernel still ends the allowance on time
+            message += f"; the reload failed, the allowance ends at {when} anyway"
+        say("warning", message)
+        journal(message)
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's; its end ends the session
+    signal.signal(signal.SIGTERM, terminate)
+    pid = None
+    try:
+        pid = run_command(command, cgroup_dir, say)
+        status = wait(pid, until, lambda: close("the time is up"))
+        close("the command exited")
+        return status
+    except SystemExit:
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        close("vpn-firewall portal was stopped")
+        raise
+    finally:
+        remove_cgroup(cgroup_dir)
