@@ -116,6 +116,8 @@ BAD = [
     ("port eleven\n", "bad.ovpn:1:1: expected 'port NUMBER'"),
     ("<connection>\nremote 198.51.100.1\n", "bad.ovpn:2:1: a '<connection>' block is never closed"),
     ("remote 198.51.100.\n", "bad.ovpn:1:1: expected an address"),
+    ("remote 198.51.100.1\n</connection>\n", "bad.ovpn:2:1: '</connection>' without '<connection>'"),
+    ("remote 198.51.100.1 port\n", "bad.ovpn:1:1: expected a port after the host"),
     (f"[Interface]\nPrivateKey = {SECRET}\n[Peer]\nEndpoint = 203.0.113.5\n",
      "bad.ovpn:4:12: expected 'Endpoint = HOST:PORT'"),
 ]
@@ -134,6 +136,14 @@ def test_a_line_that_cannot_be_understood_is_refused_with_its_place(tmp_path, te
 def test_a_pattern_that_matches_nothing_is_a_warning(tmp_path, capsys):
     compile_with(tmp_path, [str(tmp_path / "none" / "*.conf")])
     assert "30_user.conf:1:29: warning: $VPN_CLIENT_CONFIGS: " in capsys.readouterr().err
+
+
+def test_a_vpn_config_that_cannot_be_read_is_refused(tmp_path):
+    d = tmp_path / "vpn"
+    d.mkdir()
+    (d / "gone.conf").symlink_to(tmp_path / "nowhere.conf")  # the pattern matches it; nothing is there
+    with pytest.raises(ConfigError, match=r"gone.conf:1:1: cannot read this VPN client config"):
+        compile_with(tmp_path, [f"{d}/*.conf"])
 
 
 def test_a_vpn_config_others_may_write_is_refused(tmp_path):

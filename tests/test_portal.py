@@ -182,11 +182,15 @@ def test_the_kernel_ends_the_allowance_on_time_with_vpn_firewall_killed(pki):
     (["--bogus", "--", "true"], 2, "portal: unknown option '--bogus'"),
     (["--"], 2, "portal: a command is needed after '--'"),
     (["--dns", "198.19.0.254", "--", "/nonexistent/browser"], 127, "cannot run /nonexistent/browser"),
+    (["--dns", "198.19.0.254", "--", "true"], 1, "a portal session is open already"),
 ])
 def test_portal_errors_open_nothing(pki, args, code, said):
     bed = T.Testbed(pki[0], pki[1])
     try:
         bed.up(vpn=False)
+        if "already" in said:  # one session at a time
+            with open(os.path.join(bed.env["VPN_FIREWALL_RUN_DIR"], "portal.json"), "w") as f:
+                json.dump({"until": time.time() + 60, "cgroup": "x", "dns": [], "command": ["x"], "pid": 1}, f)
         before = bed.in_ns(bed.client, ["iptables-save"]).stdout.count("-A ")
         run = portal(bed, *args)
         out, err = run.communicate(timeout=30)

@@ -167,9 +167,3 @@ def store(config_dir: str, inputs, ruleset, warnings) -> None:
     except (OSError, ValueError):
         pass
 
-
-def forget() -> None:
-    try:
-        os.unlink(path())
-    except OSError:
-        pass

@@ -46,7 +46,7 @@ def stamp():
 def record(changed: dict) -> None:
     """Record family -> rules (Rule or Printed) as now in force; the other families stay as
     recorded. OSError when it cannot be written."""
-    ruleset = read() or {} if stamp() is not None else {}
+    ruleset = (read() or {}) if stamp() is not None else {}  # nothing to read: no read
     ruleset.update(changed)
     _write(ruleset)
 

@@ -277,9 +277,6 @@ def _flag(atoms, ctx):
     return None, None
 
 
-FLAG = Option(None, "flag", _flag)
-
-
 def _o(flag, kind, parse):
     return Option(flag, kind, parse)
 

@@ -237,8 +237,3 @@ BASIC = ("ACCEPT", "DROP", "REJECT", "LOG", "RETURN", "NOP")
 # Where the basic ones may stand: DROP and REJECT are filter's (and, for DROP, mangle's and raw's).
 BASIC_TABLES = {"ACCEPT": None, "RETURN": None, "NOP": None, "LOG": None, "DROP": ("filter", "mangle", "raw"),
                 "REJECT": ("filter",)}
-
-
-def finish(name: str, opts: dict, pos) -> tuple:
-    return TARGETS[name].finish(opts, pos)
-
