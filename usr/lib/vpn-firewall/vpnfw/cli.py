@@ -128,8 +128,12 @@ def cmd_start(args) -> int:
     from . import load
 
     prepared = []
+
+    def ruleset():  # called by apply, while the kernel's state is read
+        prepared.append(ForStart(args.config_dir))
+        return prepared[0]
     with RulesLock():
-        code = load.apply(lambda: prepared.append(ForStart(args.config_dir)) or prepared[0], say)
+        code = load.apply(ruleset, say)
     if code == load.OK:
         cached = prepared[0].inputs is None
         say("info", f"rules loaded and verified ({', '.join(load.families())})"
