@@ -4,7 +4,9 @@ The rules to put back are the ones recorded when they were loaded (held.py), nev
 fresh compile of a config that may have changed on disk since. On iptables-nft the guard
 sleeps on the kernel's own announcement of every nf_tables commit (netlink, group
 NFNLGRP_NFTABLES), which also names the committing process; the legacy backend announces
-nothing, so there it compares once a second. It takes the rules lock like start and
+nothing, so there it looks at the tables' sizes twenty times a second (legacywatch.py,
+no process) and compares the rules in full when they changed, and once a second anyway.
+It takes the rules lock like start and
 reload, so it never fights them: after a reload it guards the new rules.
 
 It never opens anything: a repair that fails gives the lockdown, and a change that cannot
@@ -28,7 +30,8 @@ NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN = 10, 15
 NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 2, 3
-POLL_SECONDS = 1.0
+POLL_SECONDS = 1.0  # legacy: the rules compared in full this often
+LOOK_SECONDS = 0.05  # legacy: the tables' sizes looked at this often (legacywatch.py)
 LOG_BURST, LOG_WINDOW = 10, 60.0  # at most this many repair messages a minute
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # after a failed repair: the lockdown, then retries this far apart
 RECENT = 10  # repairs kept for `status`
@@ -161,6 +164,9 @@ class Guard:
         self.noted = {}  # family -> the harmless changes reported last
         self.facts = {"pid": os.getpid(), "since": int(time.time()), "repairs": 0, "recent": []}
         self.stopping = False
+        self.watcher = None  # the legacy backend's cheap look (legacywatch.py), when it can look
+        self.look = None
+        self.compared_at = 0.0
 
     # -- what to guard -------------------------------------------------------------
     def _refresh_rules(self) -> None:
@@ -186,6 +192,14 @@ class Guard:
                 events = open_events()
             except OSError as e:
                 self.say("warning", f"cannot watch nf_tables commits ({e.strerror}): comparing every {POLL_SECONDS:g} s")
+        else:
+            try:
+                from .legacywatch import Watcher
+
+                self.watcher = Watcher(self.families, kernel.proc_dir())
+            except OSError as e:
+                self.say("warning", f"cannot look at the legacy tables ({e.strerror}): comparing every "
+                                    f"{POLL_SECONDS:g} s")
         with self.lock():
             self._refresh_rules()
         if self.rules is None:
@@ -195,11 +209,13 @@ class Guard:
         signal.set_wakeup_fd(wake_w)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
-        self.facts.update(backend=backend, mode="netlink" if events else f"poll {POLL_SECONDS:g} s")
+        how = ("nf_tables commits" if events else
+               f"table sizes every {LOOK_SECONDS:g} s, rules every {POLL_SECONDS:g} s" if self.watcher else
+               f"compared every {POLL_SECONDS:g} s")
+        self.facts.update(backend=backend, mode="netlink" if events else how)
         self.check([])
         self._write_status(running=True)
-        self.say("info", f"guarding the rules in force ({', '.join(self.families)}; "
-                         f"{'nf_tables commits' if events else f'compared every {POLL_SECONDS:g} s'})")
+        self.say("info", f"guarding the rules in force ({', '.join(self.families)}; {how})")
         _notify_ready()
         watched = [wake_r] + ([events] if events else [])
         while not self.stopping:
@@ -216,6 +232,8 @@ class Guard:
             who = drain(events) if events in ready else []
             if events and not who and not self._retry_due():
                 continue
+            if self.watcher and not self._legacy_due():
+                continue
             self.check(who)
         self.say("info", "guard stopped")
         self._write_status(running=False)
@@ -224,8 +242,15 @@ class Guard:
     def _stop(self, signum, frame):
         self.stopping = True
 
+    def _legacy_due(self) -> bool:
+        """A full compare is due: the tables look different, a second has passed, or a retry."""
+        look = self.watcher.fingerprint()
+        due = look != self.look or time.monotonic() - self.compared_at >= POLL_SECONDS or self._retry_due()
+        self.look = look
+        return due
+
     def _timeout(self, events):
-        waits = [] if events else [POLL_SECONDS]
+        waits = [] if events else [LOOK_SECONDS if self.watcher else POLL_SECONDS]
         if self.retry_at:
             waits.append(max(0.0, min(self.retry_at.values()) - time.monotonic()))
         return min(waits) if waits else None
@@ -235,6 +260,7 @@ class Guard:
 
     # -- checking and repairing ----------------------------------------------------
     def check(self, who) -> None:
+        self.compared_at = time.monotonic()
         with self.lock():
             self._refresh_rules()
             saving = {f: kernel.start_save(f) for f in self.families}
@@ -250,6 +276,8 @@ class Guard:
                     broken[family] = (dump, holes)
             if broken:
                 self._repair(broken, who)
+        if self.watcher:  # what the tables look like now, our own repair included
+            self.look = self.watcher.fingerprint()
 
     def _differences(self, family, dump, who) -> list:
         """The holes; harmless changes are reported once (not beside holes: they are put right too)."""
