@@ -244,10 +244,8 @@ class Guard:
 
     def _legacy_due(self) -> bool:
         """A full compare is due: the tables look different, a second has passed, or a retry."""
-        look = self.watcher.fingerprint()
-        due = look != self.look or time.monotonic() - self.compared_at >= POLL_SECONDS or self._retry_due()
-        self.look = look
-        return due
+        return (self.watcher.fingerprint() != self.look or time.monotonic() - self.compared_at >= POLL_SECONDS
+                or self._retry_due())
 
     def _timeout(self, events):
         waits = [] if events else [LOOK_SECONDS if self.watcher else POLL_SECONDS]
@@ -261,6 +259,8 @@ class Guard:
     # -- checking and repairing ----------------------------------------------------
     def check(self, who) -> None:
         self.compared_at = time.monotonic()
+        if self.watcher:  # taken before the rules are read: a change made during the check shows next time
+            self.look = self.watcher.fingerprint()
         with self.lock():
             self._refresh_rules()
             saving = {f: kernel.start_save(f) for f in self.families}
@@ -275,9 +275,7 @@ class Guard:
                 if holes:
                     broken[family] = (dump, holes)
             if broken:
-                self._repair(broken, who)
-        if self.watcher:  # what the tables look like now, our own repair included
-            self.look = self.watcher.fingerprint()
+                self._repair(broken, who)  # changes the look: the next tick compares once more
 
     def _differences(self, family, dump, who) -> list:
         """The holes; harmless changes are reported once (not beside holes: they are put right too)."""
