@@ -9,8 +9,8 @@ policies are set to DROP one by one.
 
 from . import held, kernel
 from .errors import ConfigError, LoadError, VerifyError
-from .model import FENCE_TABLE, LOCKDOWN_COMMENT, OUR_TABLES, Printed, our_chain
-from .render import (chains_declared, chains_of, expected_lines, render_load, render_unload,
+from .model import FENCE_TABLE, LOCKDOWN_COMMENT, OUR_TABLES, our_chain
+from .render import (as_printed, chains_declared, chains_of, expected_lines, render_load, render_unload,
                      rendered, tables_used)
 
 # Exit codes, worst last; documented in vpn-firewall(8).
@@ -214,8 +214,7 @@ def _apply(compile_ruleset, say) -> int:
                 dump = kernel.save(family)
             _check(dump, ruleset[family], printed[family])
             outcomes[family] = "loaded"
-            verified[family] = [r if type(r) is Printed else Printed(r.table, r.chain, line)
-                                for r, line in printed[family]]
+            verified[family] = as_printed(printed[family])
         except VerifyError as e:
             say("error", f"{family}: {e}")
             outcomes[family] = lockdown(family, say)

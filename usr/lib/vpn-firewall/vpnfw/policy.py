@@ -8,8 +8,8 @@ tunnel must not leave by another interface.
 """
 
 from . import values as V
-from .model import (FENCE_TABLE, JUDGED_MARK, LOCKDOWN_COMMENT, TUNNEL_FLOW_CHAIN, TUNNEL_FLOW_MARK, Rule,
-                    our_chain)
+from .model import (BUILTIN_CHAINS, FENCE_TABLE, JUDGED_MARK, LOCKDOWN_COMMENT, TUNNEL_FLOW_CHAIN,
+                    TUNNEL_FLOW_MARK, Rule, our_chain)
 
 UDP_DNS = (("udp", ((False, "--dport", "53"),)),)
 TCP_DNS = (("tcp", ((False, "--dport", "53"),)),)
@@ -371,7 +371,7 @@ def build(settings, user_rules, portal=None) -> dict:
             input_chain(family, settings, by_chain.get("INPUT", []))
             + forward_chain(family, settings, by_chain.get("FORWARD", []))
             + output_chain(family, settings, by_chain.get("OUTPUT", []), portal)
-            + [r for r in mine if r.table != "filter" or r.chain not in ("INPUT", "FORWARD", "OUTPUT")]
+            + [r for r in mine if r.table != "filter" or r.chain not in BUILTIN_CHAINS["filter"]]  # user chains
             + _gateway_nat(family, settings)
             + fence(family, settings.vpn_interfaces, settings.gateway_interfaces)
         )

@@ -96,9 +96,13 @@ def rendered(rules) -> list:
     return [(r, r.line) if type(r) is Printed else (r, rule_line(r)) for r in rules]
 
 
+def as_printed(pairs) -> list:
+    """(rule, line) pairs as Printed rules: (table, chain, line) each, for recording."""
+    return [r if type(r) is Printed else Printed(r.table, r.chain, line) for r, line in pairs]
+
+
 def printed_form(rules) -> list:
-    """The rules as Printed, for recording: (table, chain, line) each."""
-    return [r if type(r) is Printed else Printed(r.table, r.chain, line) for r, line in rendered(rules)]
+    return as_printed(rendered(rules))
 
 
 def expected_lines(lines, table: str) -> dict:
