@@ -31,6 +31,8 @@ install: man
 	    $(DESTDIR)/usr/share/bash-completion/completions
 	install -m 0755 usr/lib/vpn-firewall/vpn-firewall $(DESTDIR)/usr/lib/vpn-firewall/
 	install -m 0644 usr/lib/vpn-firewall/vpnfw/*.py $(DESTDIR)/usr/lib/vpn-firewall/vpnfw/
+	# --version says what debian/changelog says
+	sed -i 's/^VERSION = .*/VERSION = "$(VERSION)"/' $(DESTDIR)/usr/lib/vpn-firewall/vpnfw/__init__.py
 	ln -sf ../lib/vpn-firewall/vpn-firewall $(DESTDIR)/usr/sbin/vpn-firewall
 	install -m 0644 etc/vpn-firewall/*.conf $(DESTDIR)/etc/vpn-firewall/
 	install -m 0644 lib/systemd/system/vpn-firewall.service lib/systemd/system/vpn-firewall-guard.service \
@@ -61,8 +63,12 @@ bench-deps:
 # .deb and a plain vpn-firewall.deb copy land here, for 'apt install ./vpn-firewall.deb'.
 deb: deb-deps
 	rm -rf $(BUILD)/pkg && mkdir -p $(BUILD)/pkg/$(PACKAGE)-$(VERSION)
-	git ls-files -z --cached --others --exclude-standard 2>/dev/null | xargs -0 -I{} cp --parents {} $(BUILD)/pkg/$(PACKAGE)-$(VERSION)/ \
-	    || tar --exclude=./$(BUILD) --exclude=./.git -cf - . | tar -C $(BUILD)/pkg/$(PACKAGE)-$(VERSION) -xf -
+	# a git checkout: its files; a release tarball (no .git): the whole tree
+	if [ -d .git ] && git rev-parse --git-dir >/dev/null 2>&1; then \
+	    git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} cp --parents {} $(BUILD)/pkg/$(PACKAGE)-$(VERSION)/; \
+	else \
+	    tar --exclude=./$(BUILD) --exclude='./$(PACKAGE)*.deb' -cf - . | tar -C $(BUILD)/pkg/$(PACKAGE)-$(VERSION) -xf -; \
+	fi
 	cd $(BUILD)/pkg/$(PACKAGE)-$(VERSION) && dpkg-buildpackage -us -uc -b
 	cp $(BUILD)/pkg/$(DEB) $(DEB)
 	cp $(DEB) $(PACKAGE).deb

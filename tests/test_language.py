@@ -182,10 +182,34 @@ def test_defaults_file_equals_builtin_defaults(tmp_path):
     assert shipped.ruleset == empty.ruleset
 
 
-def test_unused_variable_warns_with_a_suggestion(tmp_path, capsys):
-    compile_text(tmp_path, "@def $VPN_SERVER = (198.51.100.7:1194/udp);\n")
+@pytest.mark.parametrize("name, meant", [("VPN_SERVER", "VPN_SERVERS"), ("ALOW_LAN", "ALLOW_LAN"),
+                                         ("allow_lan", "ALLOW_LAN"), ("DNS_SERVER", "DNS_SERVERS")])
+def test_a_misspelt_setting_is_an_error_with_did_you_mean(tmp_path, name, meant):
+    """Left alone it would silently keep the setting's default: no VPN server, no LAN."""
+    message = error_of(tmp_path, f"@def ${name} = yes;\n")
+    assert message.endswith(f"30_user.conf:1:1: ${name} is not a setting: did you mean ${meant}? "
+                            "(a variable of your own by that name must be used in a rule)"), message
+
+
+def test_a_variable_named_like_a_setting_but_used_is_no_error(tmp_path):
+    lines = user_lines(tmp_path, "@def $VPN_SERVER = 192.0.2.9;\nchain OUTPUT daddr $VPN_SERVER ACCEPT;\n")
+    assert any("192.0.2.9" in line for line in lines)
+
+
+def test_unused_variable_far_from_any_setting_warns_with_a_suggestion(tmp_path, capsys):
+    compile_text(tmp_path, "@def $MY_LAN = 192.0.2.0/24;\n@def $SERVERS = 192.0.2.1;\n")
     err = capsys.readouterr().err
-    assert "30_user.conf:1:1: warning: $VPN_SERVER is defined but never used; did you mean $VPN_SERVERS?" in err
+    assert "30_user.conf:1:1: warning: $MY_LAN is defined but never used\n" in err
+    assert "30_user.conf:2:1: warning: $SERVERS is defined but never used; did you mean $VPN_SERVERS?" in err
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    """Notepad and some editors begin a UTF-8 file with one; Windows line endings too."""
+    text = "\ufeff@def $VPN_SERVERS = (198.51.100.7:1194/udp);\r\n"
+    ruleset = compile_text(tmp_path / "good", text).ruleset
+    assert any("198.51.100.7" in rule_line(r) for r in ruleset["ip"])
+    assert error_of(tmp_path / "bad", "\ufeff@def $VPN_SERVERS = (198.51.100.);\n").endswith(
+        "30_user.conf:1:22: expected an address, got '198.51.100.'")
 
 
 # -- every error, with its place ----------------------------------------------------

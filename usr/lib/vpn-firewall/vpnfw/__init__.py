@@ -1,3 +1,3 @@
 """vpn-firewall: compile ferm-style config into a fail-closed VPN kill switch."""
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"

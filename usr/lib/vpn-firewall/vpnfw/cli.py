@@ -36,7 +36,7 @@ def compile_config(config_dir: str, quiet: bool = False, tell=tell) -> "Compiled
     from . import policy
     from .compiler import Compiler
     from .config import read_config
-    from .settings import read_settings, unused_warnings
+    from .settings import check_misspelt, read_settings, unused_warnings
     from .values import Services, services_path
 
     from .pinned import pin
@@ -51,6 +51,7 @@ def compile_config(config_dir: str, quiet: bool = False, tell=tell) -> "Compiled
     pinned = pin(settings, tell if not quiet else (lambda level, message: None))
     compiler = Compiler(config.variables, Services(services_path()))
     user_rules = compiler.compile(config.statements)
+    check_misspelt(config.variables)
     for warning in [] if quiet else compiler.warnings + unused_warnings(config.variables):
         tell("raw", warning)
     if not settings.vpn_servers and not quiet:
@@ -211,14 +212,25 @@ def cmd_status(args) -> int:
 
 
 def cmd_ensure_closed(args) -> int:
-    """The unit's ExecStopPost: a start that was killed before it loaded anything leaves
-    the kernel's open defaults; close each family that holds nothing of ours. Never opens."""
-    from . import load
+    """The unit's ExecStopPost: a start that failed or was killed before it loaded anything
+    leaves the kernel's open defaults; close each family that holds nothing of ours. A
+    broken config has loaded the lockdown already (and that stays); so what is found empty
+    here failed for another reason, and gets the last verified rules, if the config is the
+    one they were compiled from. Never opens."""
+    from . import cache, load
 
-    if os.environ.get("SERVICE_RESULT", "") == "success":
+    result = os.environ.get("SERVICE_RESULT", "")
+    if result == "success":
         return load.OK
+    if result:
+        say("warning", f"the start did not finish ({result}: {os.environ.get('EXIT_CODE', '?')} "
+                       f"{os.environ.get('EXIT_STATUS', '?')}); closing what it left open")
+
+    def last_verified():
+        hit = cache.load(args.config_dir)
+        return hit[0] if hit is not None else None
     with RulesLock():
-        return load.close_unloaded(say)
+        return load.close_unloaded(say, last_verified)
 
 
 def cmd_leak_test(args) -> int:
@@ -234,7 +246,11 @@ def cmd_leak_test(args) -> int:
 
 
 def cmd_guard(args) -> int:
+    import gc
+
     from .guard import Guard
+
+    gc.enable()  # main() turned it off for short commands; a daemon that runs for months needs it
 
     def adopt():
         """No ruleset recorded (loaded by an older version): the config's, if it is what the kernel holds."""

@@ -77,7 +77,8 @@ def _parse_file(path: str) -> tuple:
         with open(path, "rb") as f:
             data = f.read()
         cache.note_file(path, data)
-        text = data.decode("utf-8")
+        # a byte-order mark, as Notepad and some editors write: not part of the text
+        text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         raise ConfigError(Pos(path, 1, 1), f"not valid UTF-8 (byte {e.start})") from None
     except OSError as e:

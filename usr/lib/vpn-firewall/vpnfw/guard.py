@@ -203,7 +203,9 @@ class Guard:
         with self.lock():
             self._refresh_rules()
         if self.rules is None:
-            self.say("notice", "nothing to guard: vpn-firewall has not loaded its rules (run 'vpn-firewall start')")
+            self.say("notice", "nothing to guard: vpn-firewall has not loaded its rules "
+                               "(systemctl start vpn-firewall starts both)")
+            _notify_ready()  # a clean end, not a start that broke its promise (Type=notify)
             return 0
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)

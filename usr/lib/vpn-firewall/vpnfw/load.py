@@ -148,17 +148,40 @@ def apply(compile_ruleset, say) -> int:
         return close_unloaded(say)
 
 
-def close_unloaded(say) -> int:
-    """The lockdown in each family that holds nothing of ours; loaded rules stay. Never opens."""
-    worst = OK
+def close_unloaded(say, last_verified=None) -> int:
+    """Close each family that holds nothing of ours; loaded rules stay. Never opens.
+
+    last_verified: None, or a function giving the last ruleset that was loaded and verified
+    for the config as it is now (family -> rules), or None when there is none. Loaded where
+    it exists, so that a start that failed for another reason than the config (a sandbox, a
+    crash, a killed start) leaves the VPN able to connect; the lockdown otherwise.
+    """
+    worst, fallback = OK, None
     for family in families():
         try:
-            loaded = kernel.is_loaded(kernel.save(family))
+            dump = kernel.save(family)
+            loaded, state = kernel.is_loaded(dump), kernel.table_states(dump)
         except Exception:  # unreadable counts as not loaded: closing is the safe side
-            loaded = False
-        if not loaded:
-            worst = max(worst, OUTCOME_EXIT[lockdown(family, say)])
+            loaded, state = False, {}
+        if loaded:
+            continue
+        if fallback is None:
+            fallback = (last_verified() if last_verified else None) or {}
+        if family in fallback and _load_last_verified(family, fallback[family], state, say):
+            continue
+        worst = max(worst, OUTCOME_EXIT[lockdown(family, say)])
     return worst
+
+
+def _load_last_verified(family: str, rules, state: dict, say) -> bool:
+    try:
+        _load_verified(family, rules, state)
+    except Exception as e:  # whatever failed, the lockdown follows
+        say("error", f"{family}: could not load the last verified rules: {e}")
+        return False
+    _record(family, rules, say)
+    say("warning", f"{family}: the last verified rules loaded (the config is unchanged since they were)")
+    return True
 
 
 def _apply(compile_ruleset, say) -> int:

@@ -90,6 +90,21 @@ def read_settings(variables) -> Settings:
     return settings
 
 
+def check_misspelt(variables) -> None:
+    """A variable never used whose name is all but a setting's ($VPN_SERVER, $ALOW_LAN,
+    $allow_lan) is that setting misspelt: left alone, the setting silently keeps its default
+    (no VPN server, no LAN), so it is an error."""
+    for name, pos in variables.defined_at.items():
+        if name in SCHEMA or name in variables.used:
+            continue
+        import difflib  # only on this rare path: it costs start-up time
+
+        close = difflib.get_close_matches(name.upper(), SCHEMA, n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(pos, f"${name} is not a setting: did you mean ${close[0]}? (a variable of "
+                                   f"your own by that name must be used in a rule)")
+
+
 def unused_warnings(variables) -> list:
     """Variables defined and never used: most often a misspelt setting."""
     warnings = []

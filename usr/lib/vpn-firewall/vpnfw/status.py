@@ -153,7 +153,9 @@ def show(facts) -> None:
     if not facts["config"]["valid"]:
         print(f"config: {facts['config']['error']}")
     guard = facts["guard"]
-    if guard is None:
+    if guard is None and not any(e["state"] in ("loaded", "lockdown") for e in facts["families"].values()):
+        print("guard: not running: nothing of vpn-firewall's is loaded (systemctl start vpn-firewall starts both)")
+    elif guard is None:
         print("guard: NOT running: changes by other programs are not repaired (systemctl start vpn-firewall-guard)")
     else:
         print(f"guard: running (pid {guard['pid']}, {guard.get('mode', '?')}), {guard['repairs']} repair(s)")
