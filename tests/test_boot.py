@@ -5,6 +5,7 @@ lockdown with a broken config, and that install, upgrade, remove and purge behav
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -40,9 +41,13 @@ def base():
     return BASE
 
 
-def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, enable=(), upper=None):
+def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, enable=(), upper=None,
+         files=None, deb=None, capture=None):
     """Boot a guest on an overlay of the base tree; return (results dir, console output).
-    upper: the overlay of an earlier boot, to boot the same machine again."""
+    upper: the overlay of an earlier boot, to boot the same machine again.
+    files: guest path -> text, written before the boot (drop-ins, units); deb: another .deb
+    copied in as /root/next.deb (an upgrade); capture: a file where tcpdump writes what the
+    guest sends on its eth0, as the machine on the other end of the cable sees it."""
     work, root = tmp_path / "work", tmp_path / "root"
     for d in (work, root):
         d.mkdir()
@@ -52,6 +57,7 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={base},upperdir={upper},workdir={work}", str(root)], check=True)
     ns = f"vpnfw-boot-{os.getpid()}-{scenario}"
+    tcpdump = None
     try:
         shutil.copy(os.path.join(HERE, "guest-check.sh"), root / "root")
         shutil.copy(os.path.join(HERE, "guest-check.service"), root / "etc/systemd/system")
@@ -60,6 +66,12 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
         if not (wants / "guest-check.service").is_symlink():  # booted before: it is there
             (wants / "guest-check.service").symlink_to("/etc/systemd/system/guest-check.service")
         (root / "root/scenario").write_text(scenario)
+        for guest_path, text in (files or {}).items():
+            target = root / guest_path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        if deb:
+            shutil.copy(deb, root / "root/next.deb")
         (root / "etc/network/interfaces").write_text(INTERFACES)
         shutil.copy(DEB, root / "root/vpn-firewall.deb")
         if preinstall:
@@ -80,15 +92,29 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
         subprocess.run(["ip", "netns", "add", ns + "-peer"], check=True)
         subprocess.run(["ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", "eth0p",
                         "netns", ns + "-peer"], check=True)
+        if capture:
+            subprocess.run(["ip", "-n", ns + "-peer", "link", "set", "eth0p", "up"], check=True)
+            tcpdump = subprocess.Popen(["ip", "netns", "exec", ns + "-peer", "tcpdump", "-Z", "root", "--immediate-mode",
+                                        "-U", "-w", str(capture), "-i", "eth0p", "-Q", "in"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)  # listening before the guest's link comes up
         console = subprocess.run(
             ["timeout", "180", "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
              f"--network-namespace-path=/run/netns/{ns}", "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
              "--console=read-only", "-D", str(root)],
             capture_output=True, text=True)
+        if tcpdump is not None:
+            time.sleep(0.3)
+            tcpdump.terminate()
+            tcpdump.wait(timeout=10)
         results = tmp_path / "results"
         shutil.copytree(root / "root/results", results, dirs_exist_ok=True)
+        shutil.rmtree(root / "root/results")  # a next boot of the same machine writes its own
         return results, console.stdout + console.stderr
     finally:
+        if tcpdump is not None and tcpdump.poll() is None:
+            tcpdump.kill()
+            tcpdump.wait()
         subprocess.run(["umount", str(root)], check=False)
         subprocess.run(["ip", "netns", "delete", ns], check=False)
         subprocess.run(["ip", "netns", "delete", ns + "-peer"], check=False)

@@ -18,6 +18,14 @@ show() { systemctl show -P "$2" "$1"; }
     echo "nft_exit=$(show nftables.service ExecMainExitTimestampMonotonic)"
     echo "nft_result=$(show nftables.service Result)"
     echo "guard_active=$(systemctl is-active vpn-firewall-guard.service)"
+    echo "guard_result=$(show vpn-firewall-guard.service Result)"
+    echo "guard_ready=$(show vpn-firewall-guard.service ActiveEnterTimestampMonotonic)"
+    echo "guard_restarts=$(show vpn-firewall-guard.service NRestarts)"
+    echo "fw_inactive=$(show vpn-firewall.service InactiveEnterTimestampMonotonic)"
+    echo "tmpfiles_start=$(show systemd-tmpfiles-setup.service InactiveExitTimestampMonotonic)"
+    echo "tmpfiles_exit=$(show systemd-tmpfiles-setup.service ExecMainExitTimestampMonotonic)"
+    echo "system=$(systemctl is-system-running)"
+    echo "failed_units=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | tr '\n' ' ')"
 } > $R/boot
 iptables-save > $R/boot-ip.save 2>&1
 ip6tables-save > $R/boot-ip6.save 2>&1
