@@ -115,9 +115,18 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
         if tcpdump is not None and tcpdump.poll() is None:
             tcpdump.kill()
             tcpdump.wait()
-        subprocess.run(["umount", str(root)], check=False)
+        umount(root)
         subprocess.run(["ip", "netns", "delete", ns], check=False)
         subprocess.run(["ip", "netns", "delete", ns + "-peer"], check=False)
+
+
+def umount(path) -> None:
+    """Under load the container's last processes may still hold it for a moment."""
+    for _ in range(50):
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.2)
+    subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
 def facts(results):

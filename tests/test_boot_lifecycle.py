@@ -120,3 +120,68 @@ def test_the_boot_race_with_tmpfiles_made_certain(tmp_path, base, ordered):
     else:
         assert failed, "without the ordering the race should show: the test could not fail"
         assert any(f["exit_status"] == "226" for n, f in failed), failed
+
+
+# A sandbox that cannot be set up: the start fails with 226/NAMESPACE before any code of
+# ours runs. The closing step runs outside it ('+'), so it still closes the machine.
+NO_SANDBOX = "[Service]\nInaccessiblePaths=/nonexistent\n"
+
+
+def closed_before_the_network(f: dict) -> bool:
+    return 0 < int(f["fw_inactive"]) < int(f["netpre"]) < int(f["networking_start"])
+
+
+def test_a_sandbox_that_cannot_be_set_up_boots_closed_in_lockdown_without_a_verified_ruleset(tmp_path, base):
+    results, console = boot(tmp_path, base, "configured", CONFIGURED,
+                            files={"/etc/systemd/system/vpn-firewall.service.d/broken.conf": NO_SANDBOX})
+    f = facts(results)
+    assert f["result"] == "exit-code" and f["exit_status"] == "226", f
+    assert closed_before_the_network(f), f
+    for name in ("boot-ip.save", "boot-ip6.save"):
+        save = (results / name).read_text()
+        assert "vpn-firewall lockdown" in save and ":OUTPUT DROP" in save, save
+    journal = (results / "journal").read_text()
+    assert "the start did not finish (exit-code: exited 226)" in journal, journal
+    assert f["guard_active"] == "active", "the guard keeps the lockdown in force"
+
+
+@pytest.mark.parametrize("closing", ["as-shipped", "control-closing-inside-the-sandbox"])
+def test_a_sandbox_that_cannot_be_set_up_boots_with_the_last_verified_rules(tmp_path, base, closing):
+    """A failure that is not the config's: the VPN can still connect (its server's rule is in)."""
+    (tmp_path / "first").mkdir()
+    results, console = boot(tmp_path / "first", base, "configured", CONFIGURED)
+    assert facts(results)["result"] == "success", console
+    files = {"/etc/systemd/system/vpn-firewall.service.d/broken.conf": NO_SANDBOX}
+    if closing != "as-shipped":  # the closing step as it was: in the same sandbox as the start
+        files["/etc/systemd/system/vpn-firewall.service"] = open(os.path.join(UNITS, "vpn-firewall.service")).read() \
+            .replace("ExecStopPost=+/usr/sbin/", "ExecStopPost=/usr/sbin/")
+    (tmp_path / "second").mkdir()
+    results, console = boot(tmp_path / "second", base, "again", preinstall=False, upper=tmp_path / "first/upper",
+                            files=files)
+    f = facts(results)
+    assert f["result"] == "exit-code" and f["exit_status"] == "226", f
+    save, save6 = (results / "boot-ip.save").read_text(), (results / "boot-ip6.save").read_text()
+    if closing != "as-shipped":
+        # nothing at all: iptables-save prints no table
+        assert "VPNFW" not in save and "DROP" not in save, "the boot came up open: the control shows the hole"
+        return
+    assert closed_before_the_network(f), f
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j ACCEPT" in save, save
+    assert ":OUTPUT DROP" in save and "lockdown" not in save and "-A OUTPUT -j VPNFW-OUTPUT" in save6
+    journal = (results / "journal").read_text()
+    assert "ip: the last verified rules loaded (the config is unchanged since they were)" in journal, journal
+    assert f["guard_active"] == "active" and "guarding the rules in force" in journal
+
+
+def test_a_changed_config_and_a_failed_sandbox_boot_into_lockdown_not_into_stale_rules(tmp_path, base):
+    (tmp_path / "first").mkdir()
+    results, console = boot(tmp_path / "first", base, "configured", CONFIGURED)
+    assert facts(results)["result"] == "success", console
+    (tmp_path / "second").mkdir()
+    results, console = boot(tmp_path / "second", base, "again", preinstall=False, upper=tmp_path / "first/upper",
+                            config="@def $VPN_SERVERS = (198.51.100.8:1194/udp);\n",
+                            files={"/etc/systemd/system/vpn-firewall.service.d/broken.conf": NO_SANDBOX})
+    f = facts(results)
+    assert f["exit_status"] == "226" and closed_before_the_network(f), f
+    save = (results / "boot-ip.save").read_text()
+    assert "vpn-firewall lockdown" in save and "198.51.100.7" not in save, save

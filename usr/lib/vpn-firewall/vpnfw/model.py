@@ -21,6 +21,11 @@ LOCKDOWN_COMMENT = "vpn-firewall lockdown"
 # a trusted internal interface).
 FENCE_TABLE = "security"
 JUDGED_MARK = "0x10000000/0x10000000"
+# Where the fence sends a judged packet: the bit is cleared before the packet goes on, so
+# that rules of other tools that match a mark exactly (wg-quick's 'meta mark 0xca6c', policy
+# routing) see the packet as it was before it met us.
+JUDGED_CHAIN = "JUDGED"
+UNJUDGE = "0x0/0x10000000"
 # A bit of the conntrack mark: the connection went out (or came in) through the tunnel, so
 # none of its packets may arrive by another interface (a LAN attacker's spoofed "replies").
 TUNNEL_FLOW_MARK = "0x20000000/0x20000000"

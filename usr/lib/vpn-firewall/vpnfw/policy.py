@@ -8,8 +8,8 @@ tunnel must not leave by another interface.
 """
 
 from . import values as V
-from .model import (BUILTIN_CHAINS, FENCE_TABLE, JUDGED_MARK, LOCKDOWN_COMMENT, TUNNEL_FLOW_CHAIN,
-                    TUNNEL_FLOW_MARK, Rule, our_chain)
+from .model import (BUILTIN_CHAINS, FENCE_TABLE, JUDGED_CHAIN, JUDGED_MARK, LOCKDOWN_COMMENT,
+                    TUNNEL_FLOW_CHAIN, TUNNEL_FLOW_MARK, UNJUDGE, Rule, our_chain)
 
 UDP_DNS = (("udp", ((False, "--dport", "53"),)),)
 TCP_DNS = (("tcp", ((False, "--dport", "53"),)),)
@@ -249,16 +249,18 @@ def fence(family, tunnels, inside):
     """The fence's chains (see model.FENCE_TABLE): a packet that our filter chain did not
     judge, because another tool accepted it first, passes only when it stays on loopback, in
     the tunnel or on a trusted internal interface; anything else is dropped, there being no
-    REJECT outside the filter table. It never accepts: the packet just goes on."""
+    REJECT outside the filter table. It never accepts: the packet just goes on; a judged one
+    with the judging bit cleared (goto JUDGED, which ends where the built-in chain goes on)."""
     judged = (("mark", ((False, "--mark", JUDGED_MARK),)),)
 
     def chain(name, headers):
-        out = [Rule(family, FENCE_TABLE, name, (), judged, "RETURN")]
+        out = [Rule(family, FENCE_TABLE, name, (), judged, our_chain(JUDGED_CHAIN), goto=True)]
         out += [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in headers]
         return out + [Rule(family, FENCE_TABLE, name, (), (), "DROP")]
 
     return (
-        chain("INPUT", [(_h("-i", i),) for i in ("lo", *tunnels, *inside)])
+        [Rule(family, FENCE_TABLE, JUDGED_CHAIN, (), (), "MARK", (("--set-xmark", UNJUDGE),))]
+        + chain("INPUT", [(_h("-i", i),) for i in ("lo", *tunnels, *inside)])
         + chain("FORWARD", [(_h("-i", g), _h("-o", t)) for g in inside for t in tunnels]
                 + [(_h("-o", g),) for g in inside])
         + chain("OUTPUT", [(_h("-o", i),) for i in ("lo", *tunnels, *inside)])
