@@ -60,6 +60,7 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
     tcpdump = None
     try:
         shutil.copy(os.path.join(HERE, "guest-check.sh"), root / "root")
+        shutil.copy(os.path.join(HERE, "flood.py"), root / "root")
         shutil.copy(os.path.join(HERE, "guest-check.service"), root / "etc/systemd/system")
         wants = root / "etc/systemd/system/multi-user.target.wants"
         wants.mkdir(exist_ok=True)
@@ -206,6 +207,11 @@ def test_install_upgrade_remove_purge_in_a_running_system(tmp_path, base):
     assert f["timer_enabled"] == "disabled", "the refresh timer is off by default"
     assert f["watcher_enabled"] == "disabled", "the client-config watcher is off by default"
     assert "VPNFW" not in (results / "install.save").read_text()
+    # the guard follows the kill switch: with nothing to guard it ends cleanly, and status's
+    # advice is a command that works in this state
+    assert f["guard_start_unconfigured"] == "0" and f["guard_unconfigured"] == "inactive success", f
+    status = (results / "install-status").read_text()
+    assert "guard: not running: nothing of vpn-firewall's is loaded (systemctl start vpn-firewall starts both)" in status
     # configured and restarted: loaded
     assert f["restart_active"] == "active"
     assert "-A VPNFW-OUTPUT -d 198.51.100.7/32" in (results / "restart.save").read_text()

@@ -185,3 +185,78 @@ def test_a_changed_config_and_a_failed_sandbox_boot_into_lockdown_not_into_stale
     assert f["exit_status"] == "226" and closed_before_the_network(f), f
     save = (results / "boot-ip.save").read_text()
     assert "vpn-firewall lockdown" in save and "198.51.100.7" not in save, save
+
+
+def next_version_of(deb: str, tmp_path) -> str:
+    """The same package with a higher version (what 'apt upgrade' would bring)."""
+    tree = tmp_path / "next-tree"
+    subprocess.run(["dpkg-deb", "-R", deb, str(tree)], check=True)
+    control = tree / "DEBIAN/control"
+    version = re.search(r"^Version: (.*)$", control.read_text(), re.M).group(1)
+    control.write_text(control.read_text().replace(f"Version: {version}", f"Version: {version}+next1"))
+    init = tree / "usr/lib/vpn-firewall/vpnfw/__init__.py"
+    init.write_text(init.read_text().replace(f'VERSION = "{version}"', f'VERSION = "{version}+next1"'))
+    md5sums = tree / "DEBIAN/md5sums"
+    md5sums.write_text("".join(
+        line if not line.endswith(" usr/lib/vpn-firewall/vpnfw/__init__.py\n") else
+        subprocess.run(["md5sum", "usr/lib/vpn-firewall/vpnfw/__init__.py"], cwd=tree, capture_output=True,
+                       text=True, check=True).stdout
+        for line in md5sums.read_text().splitlines(keepends=True)))
+    out = tmp_path / "next.deb"
+    subprocess.run(["dpkg-deb", "-b", "--root-owner-group", str(tree), str(out)], check=True, capture_output=True)
+    return str(out), version
+
+
+def frames_to_the_internet(capture) -> list:
+    """What left the guest for the documentation addresses the flood sends to."""
+    out = subprocess.run(["tcpdump", "-nn", "-r", str(capture), "dst", "host", "192.0.2.1", "or", "dst", "host",
+                          "2001:db8:ffff::1"], capture_output=True, text=True)
+    return out.stdout.splitlines()
+
+
+def test_an_upgrade_under_a_flood_is_quiet_and_seamless(tmp_path, base):
+    """Upgrade a running, configured installation with the refresh timer and the client-config
+    watcher enabled, while a program floods: nothing on the wire, the upgrade path's message
+    (not the first install's), the guard moved to the new code only after the new rules were
+    in, within half a second, the timer and the path unit still active."""
+    deb, version = next_version_of(DEB, tmp_path)
+    (tmp_path / "boot").mkdir()
+    results, console = boot(tmp_path / "boot", base, "upgrade", CONFIGURED, deb=deb, capture=tmp_path / "wire.pcap")
+    f = facts(results)
+    log = (results / "upgrade.log").read_text()
+    assert f["upgrade_status"] == "0", log
+    assert f"vpn-firewall: upgraded from {version}: the new rules are loaded, the kill switch stayed in force" in log, log
+    assert "SSH sessions" not in log and "NOT started" not in log, log
+    assert not re.search(r"^vpn-firewall: $", log, re.M), "no empty message lines"
+    assert f["version_after"] == f"vpn-firewall {version}+next1", f
+    assert f["upgraded_active"] == "active" and f["upgraded_guard_active"] == "active", f
+    assert f["guard_pid_after"] != f["guard_pid_before"], "the guard runs the new code"
+    assert int(f["guard_stopping"]) > int(f["upgraded_fw_exit"]), "the guard was stopped only after the new rules were in"
+    gap = (int(f["guard_ready_again"]) - int(f["guard_stopping"])) / 1e6
+    print(f"guard's gap during the upgrade: {gap * 1000:.0f} ms (goal: under 500 ms)")
+    assert 0 < gap < 0.5, gap
+    assert (f["timer_before"], f["timer_after"]) == ("active", "active"), f
+    assert (f["path_before"], f["path_after"]) == ("active", "active"), f
+    assert f["status_after"] == "0", (results / "status-after").read_text()
+    flood = dict(line.split("=") for line in (results / "flood").read_text().split())
+    assert int(flood["refused"]) + int(flood["taken"]) > 1000, flood
+    leaked = frames_to_the_internet(tmp_path / "wire.pcap")
+    print(f"flood during the upgrade: {flood}; frames on the wire: {len(leaked)}")
+    assert leaked == [], leaked[:5]
+    control = subprocess.run(["tcpdump", "-nn", "-r", str(tmp_path / "wire.pcap"), "dst", "host", "192.0.2.2"],
+                             capture_output=True, text=True).stdout.splitlines()
+    assert len(control) == 5, "unloaded afterwards, the same sends reach the wire: the capture sees them"
+
+
+def test_a_disabled_kill_switch_starts_no_guard_and_leaves_nothing_failed(tmp_path, base):
+    (tmp_path / "first").mkdir()
+    results, console = boot(tmp_path / "first", base, "disable", CONFIGURED)
+    assert facts(results)["result"] == "success", console
+    assert "Removed" in (results / "disable.log").read_text()
+    (tmp_path / "second").mkdir()
+    results, console = boot(tmp_path / "second", base, "again", preinstall=False, upper=tmp_path / "first/upper")
+    f = facts(results)
+    assert f["active"] == "inactive" and f["guard_active"] == "inactive", f
+    assert f["guard_result"] == "success" and f["guard_restarts"] == "0", f
+    assert f["failed_units"].strip() == "", f
+    assert "VPNFW" not in (results / "boot-ip.save").read_text()

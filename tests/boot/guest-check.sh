@@ -39,6 +39,11 @@ if [ "$(cat /root/scenario)" = install ]; then
     echo "timer_enabled=$(systemctl is-enabled vpn-firewall-refresh.timer)" >> $R/boot
     echo "watcher_enabled=$(systemctl is-enabled vpn-firewall-client-configs.path)" >> $R/boot
     iptables-save > $R/install.save 2>&1
+    vpn-firewall status > $R/install-status 2>&1
+    systemctl start vpn-firewall-guard.service > $R/guard-unconfigured.log 2>&1
+    echo "guard_start_unconfigured=$?" >> $R/boot
+    sleep 1  # ready, then it ends
+    echo "guard_unconfigured=$(systemctl is-active vpn-firewall-guard.service) $(show vpn-firewall-guard.service Result)" >> $R/boot
     printf '@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n' > /etc/vpn-firewall/30_user.conf
     systemctl restart vpn-firewall.service
     echo "restart_active=$(systemctl is-active vpn-firewall.service)" >> $R/boot
@@ -51,5 +56,46 @@ if [ "$(cat /root/scenario)" = install ]; then
     iptables-save > $R/remove.save 2>&1
     dpkg -P vpn-firewall > $R/purge.log 2>&1
     echo "purged_etc=$(ls -A /etc/vpn-firewall 2>&1)" >> $R/boot
+fi
+if [ "$(cat /root/scenario)" = disable ]; then
+    systemctl disable vpn-firewall.service > $R/disable.log 2>&1
+fi
+if [ "$(cat /root/scenario)" = upgrade ]; then
+    # a way out for the flood: a router on the other end of the cable (static neighbours:
+    # every frame the kill switch lets through reaches the wire)
+    ip route add default via 198.18.0.2 dev eth0
+    ip neigh replace 198.18.0.2 lladdr 02:00:00:00:00:02 dev eth0
+    ip -6 addr add 2001:db8:0:1::1/64 dev eth0 nodad
+    ip -6 route add default via 2001:db8:0:1::2 dev eth0
+    ip -6 neigh replace 2001:db8:0:1::2 lladdr 02:00:00:00:00:02 dev eth0
+    systemctl enable --now vpn-firewall-refresh.timer vpn-firewall-client-configs.path > $R/enable.log 2>&1
+    echo "timer_before=$(systemctl is-active vpn-firewall-refresh.timer)" >> $R/boot
+    echo "path_before=$(systemctl is-active vpn-firewall-client-configs.path)" >> $R/boot
+    echo "guard_pid_before=$(show vpn-firewall-guard.service MainPID)" >> $R/boot
+    python3 /root/flood.py &
+    sleep 1
+    dpkg -i /root/next.deb > $R/upgrade.log 2>&1
+    echo "upgrade_status=$?" >> $R/boot
+    sleep 1
+    touch /root/stop-flood
+    wait
+    {
+        echo "upgraded_active=$(systemctl is-active vpn-firewall.service)"
+        echo "upgraded_fw_exit=$(show vpn-firewall.service ExecMainExitTimestampMonotonic)"
+        echo "upgraded_guard_active=$(systemctl is-active vpn-firewall-guard.service)"
+        echo "guard_pid_after=$(show vpn-firewall-guard.service MainPID)"
+        echo "guard_stopping=$(show vpn-firewall-guard.service ActiveExitTimestampMonotonic)"
+        echo "guard_ready_again=$(show vpn-firewall-guard.service ActiveEnterTimestampMonotonic)"
+        echo "timer_after=$(systemctl is-active vpn-firewall-refresh.timer)"
+        echo "path_after=$(systemctl is-active vpn-firewall-client-configs.path)"
+        echo "version_after=$(vpn-firewall --version)"
+        echo "status_after=$(vpn-firewall status > $R/status-after 2>&1; echo $?)"
+    } >> $R/boot
+    iptables-save > $R/upgrade.save 2>&1
+    journalctl -b -u vpn-firewall.service -u vpn-firewall-guard.service --no-pager -o cat > $R/journal 2>&1
+    # control: without the kill switch the same sends reach the wire (to another address)
+    vpn-firewall unload --force > $R/unload.log 2>&1
+    python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b"x", ("192.0.2.2", 9)) for _ in range(5)]'
+    sleep 0.5
 fi
 echo done > $R/done
