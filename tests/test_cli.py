@@ -55,7 +55,7 @@ def test_help_documents_exit_codes():
 def test_journal_gets_priorities(tmp_path):
     conf = write_config(tmp_path / "c", {"30_user.conf": ""})
     out = run_loader(["--config-dir", conf, "check"], env={"JOURNAL_STREAM": "1:1"})
-    assert out.stderr.startswith("<5>$VPN_SERVERS is empty")
+    assert out.stderr.startswith("<4>no VPN server can be reached: $VPN_SERVERS is empty")
 
 
 def test_is_configured(tmp_path):
@@ -66,6 +66,17 @@ def test_is_configured(tmp_path):
     good = write_config(tmp_path / "c", {"30_user.conf": EXAMPLE})
     out = run_loader(["--config-dir", good, "is-configured"])
     assert out.returncode == 0 and out.stderr == ""
+
+
+def test_only_host_names_never_resolved_are_not_configured(tmp_path):
+    """As status judges it: a host name nobody pinned lets no VPN client connect."""
+    conf = write_config(tmp_path / "c", {"30_user.conf": "@def $VPN_SERVERS = (vpn.example.org:1194/udp);\n"})
+    env = {"VPN_FIREWALL_STATE_DIR": str(tmp_path / "state")}
+    assert run_loader(["--config-dir", conf, "is-configured"], env=env).returncode == 1
+    out = run_loader(["--config-dir", conf, "check"], env=env)
+    assert out.returncode == 0
+    assert ("warning: no VPN server can be reached: the host names in $VPN_SERVERS have never been resolved; "
+            "run 'vpn-firewall refresh'") in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("argv, message", [

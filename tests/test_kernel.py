@@ -289,3 +289,29 @@ def test_nat_rules_removed_on_reload_leave_an_empty_chain_of_ours(tmp_path, netn
     assert nat == ["-A POSTROUTING -j VPNFW-POSTROUTING", "-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE"]
     status = run_loader(["--config-dir", conf, "status"], netns=ns.name)
     assert status.returncode == 0 and "ip: loaded, the same as the config compiles to" in status.stdout
+
+
+@pytest.mark.parametrize("config, says", [
+    ("", "$VPN_SERVERS is empty"),
+    ("@def $VPN_SERVERS = (vpn.example.org:1194/udp);\n", "have never been resolved; run 'vpn-firewall refresh'"),
+])
+def test_status_fails_and_says_why_when_no_vpn_server_can_be_reached(tmp_path, netns, config, says):
+    """Loaded and in sync, but no VPN client can connect: status says so, with what to do,
+    and exits 1; start and reload say it on the terminal; is-configured agrees."""
+    conf = write_config(tmp_path / "conf", {"30_user.conf": config + "@def $SERVERS = 192.0.2.1;\n"})
+    env = {"VPN_FIREWALL_STATE_DIR": str(tmp_path / "state")}
+    ns = netns("noserver")
+    out = run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name)
+    assert out.returncode == 0 and says in out.stderr, out.stderr
+    assert "warning: $SERVERS is defined but never used; did you mean $VPN_SERVERS?" in out.stderr
+    out = run_loader(["--config-dir", conf, "status"], env=env, netns=ns.name)
+    assert out.returncode == 1, out.stdout
+    assert "ip: loaded, the same as the config compiles to" in out.stdout
+    assert "config: warning: no VPN server can be reached: " in out.stdout and says in out.stdout, out.stdout
+    assert f"30_user.conf:{config.count(chr(10)) + 1}:1: warning: $SERVERS is defined but never used" in out.stdout
+    assert run_loader(["--config-dir", conf, "is-configured"], env=env).returncode == 1
+    # the control: with a server, the same status exits 0 (the unused variable is only a warning)
+    write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    assert run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name).returncode == 0
+    out = run_loader(["--config-dir", conf, "status"], env=env, netns=ns.name)
+    assert out.returncode == 0 and "no VPN server" not in out.stdout, out.stdout

@@ -20,7 +20,9 @@ def say(level: str, message: str) -> None:
 
 # ruleset: family -> rules
 # resolving: the host names @resolve asked for
-Compiled = namedtuple("Compiled", "ruleset settings resolving", defaults=((),))
+# said: (kind, text) of every warning and notice of the compile, told or not
+# servers: how many VPN server endpoints have an address (host names pinned)
+Compiled = namedtuple("Compiled", "ruleset settings resolving said servers", defaults=((), (), None))
 
 
 def tell(kind: str, text: str) -> None:
@@ -32,7 +34,8 @@ def tell(kind: str, text: str) -> None:
 
 
 def compile_config(config_dir: str, quiet: bool = False, tell=tell) -> "Compiled":
-    """The config's ruleset and settings, or ConfigError; warnings are said on the way."""
+    """The config's ruleset and settings, or ConfigError; warnings are said on the way
+    (quiet: only kept, in .said)."""
     from . import policy
     from .compiler import Compiler
     from .config import read_config
@@ -41,6 +44,12 @@ def compile_config(config_dir: str, quiet: bool = False, tell=tell) -> "Compiled
 
     from .pinned import pin
 
+    said = []
+
+    def told(kind, text):
+        said.append((kind, text))
+        if not quiet:
+            tell(kind, text)
     config = read_config(config_dir)
     settings = read_settings(config.variables)
     if settings.vpn_client_configs:
@@ -48,19 +57,26 @@ def compile_config(config_dir: str, quiet: bool = False, tell=tell) -> "Compiled
 
         found = endpoints(settings.vpn_client_configs, config.variables.warnings.append)
         settings = settings._replace(vpn_servers=settings.vpn_servers + found)
-    pinned = pin(settings, tell if not quiet else (lambda level, message: None))
+    pinned = pin(settings, told)
     compiler = Compiler(config.variables, Services(services_path()))
     user_rules = compiler.compile(config.statements)
     check_misspelt(config.variables)
-    for warning in [] if quiet else compiler.warnings + unused_warnings(config.variables):
-        tell("raw", warning)
-    if not settings.vpn_servers and not quiet:
-        tell("notice", "$VPN_SERVERS is empty: nothing but LAN/DHCP can leave outside the tunnel, "
-                       "so no VPN client can connect; set it in " + os.path.join(config_dir, "30_user.conf"))
+    for warning in compiler.warnings + unused_warnings(config.variables):
+        told("raw", warning)
+    if not pinned.vpn_servers:
+        told("warning", no_server_reachable(settings, config_dir))
     from .portal import read_session
 
     return Compiled(policy.build(pinned, user_rules, read_session()), settings,
-                    tuple(sorted(config.variables.resolving)))
+                    tuple(sorted(config.variables.resolving)), tuple(said), len(pinned.vpn_servers))
+
+
+def no_server_reachable(settings, config_dir: str) -> str:
+    if settings.vpn_servers:  # all of them host names never resolved
+        return ("no VPN server can be reached: the host names in $VPN_SERVERS have never been resolved; "
+                "run 'vpn-firewall refresh'")
+    return ("no VPN server can be reached: $VPN_SERVERS is empty, so nothing but LAN/DHCP can leave outside "
+            "the tunnel and no VPN client can connect; set it in " + os.path.join(config_dir, "30_user.conf"))
 
 
 class RulesLock:
@@ -197,12 +213,12 @@ def cmd_show(args) -> int:
 
 
 def cmd_is_configured(args) -> int:
-    """For the package's postinst: is there anything to connect to yet?"""
+    """For the package's postinst: is there anything to connect to yet? (as status judges it)"""
     try:
         compiled = compile_config(args.config_dir, quiet=True)
     except ConfigError:
         return REFUSED
-    return 0 if compiled.settings.vpn_servers else REFUSED
+    return 0 if compiled.servers else REFUSED
 
 
 def cmd_status(args) -> int:

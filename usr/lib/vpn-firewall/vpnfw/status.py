@@ -12,7 +12,7 @@ from . import kernel, links, load
 from .errors import ConfigError, LoadError
 from .model import BUILTIN_CHAINS, TUNNEL_FLOW_CHAIN, our_chain
 
-IN_SYNC, DIFFERENT, NOT_LOADED = 0, 1, 3
+IN_SYNC, DIFFERENT, NOT_LOADED = 0, 1, 3  # DIFFERENT also: loaded, but no VPN server can be reached
 LOG_LINE = re.compile(r"vpn-firewall blocked (\w+): (.*)")
 
 
@@ -80,6 +80,10 @@ def gather(config_dir: str, compile_config) -> dict:
         compiled = None
         facts["config"].update(valid=False, error=str(e))
     code = IN_SYNC
+    facts["config"]["warnings"] = [text for kind, text in compiled.said] if compiled else []
+    facts["vpn_servers_reachable"] = compiled.servers if compiled else None
+    if compiled is not None and not compiled.servers:
+        code = DIFFERENT
     for family in load.families():
         entry = facts["families"][family] = {}
         try:
@@ -152,6 +156,8 @@ def show(facts) -> None:
             print(f"{family}:   {rule['packets']:>8}  {rule['rule']}")
     if not facts["config"]["valid"]:
         print(f"config: {facts['config']['error']}")
+    for warning in facts["config"]["warnings"]:
+        print(f"config: {warning if ': warning: ' in warning else 'warning: ' + warning}")
     guard = facts["guard"]
     if guard is None and not any(e["state"] in ("loaded", "lockdown") for e in facts["families"].values()):
         print("guard: not running: nothing of vpn-firewall's is loaded (systemctl start vpn-firewall starts both)")
