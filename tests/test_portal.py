@@ -163,11 +163,16 @@ def test_the_kernel_ends_the_allowance_on_time_with_vpn_firewall_killed(pki):
         late = [r for t, r in seen if float(t) > opened + 4.5]
         assert early and set(early) == {"ok"}, seen
         assert late and "ok" not in late, seen
-        # the rules are still there, past their time; a reload drops the ended session
+        # the rules are still there, past their time: status names them for what they are
         assert len(portal_rules(bed)) == 4
+        status = bed.loader("status").stdout
+        assert "ip: loaded, with the rules of a portal session whose time is up still in (inert" in status, status
+        assert "something else" not in status
+        # a reload drops the ended session, and its file
         out = bed.loader("reload")
         assert out.returncode == 0, out.stderr
         assert portal_rules(bed) == []
+        assert not os.path.exists(os.path.join(bed.env["VPN_FIREWALL_RUN_DIR"], "portal.json"))
     finally:
         os.killpg(run.pid, signal.SIGKILL) if run.poll() is None else None
         bed.down()
@@ -199,5 +204,43 @@ def test_portal_errors_open_nothing(pki, args, code, said):
         assert portal_rules(bed) == []
         assert bed.in_ns(bed.client, ["iptables-save"]).stdout.count("-A ") == before
         assert bed.fetch(T.WEB_V4) == "error:ECONNREFUSED"
+    finally:
+        bed.down()
+
+
+def test_the_guard_takes_an_ended_sessions_rules_out(pki):
+    """vpn-firewall portal killed: when the time is up, the guard removes the (inert) rules and
+    the session file, and keeps guarding what is left; status is in sync again."""
+    bed = T.Testbed(pki[0], pki[1])
+    guard = None
+    try:
+        bed.up(vpn=False)
+        guard = bed.spawn("guard", bed.client, [sys.executable, T.LOADER, "--config-dir", bed.confdir, "guard"],
+                          stderr=subprocess.PIPE, text=True)
+        run = portal(bed, "--for", "2s", "--dns", T.ROUTER_V4, "--", "sleep", "30", start_new_session=True)
+        deadline = time.time() + 10
+        while not portal_rules(bed) and time.time() < deadline:
+            time.sleep(0.05)
+        assert portal_rules(bed), run.stderr.read() if run.poll() is not None else "no portal rules"
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        os.killpg(run.pid, signal.SIGKILL)
+        assert len(portal_rules(bed)) == 4, "the killed session's rules stay until their time is up"
+        deadline = time.time() + 6
+        while portal_rules(bed) and time.time() < deadline:
+            time.sleep(0.1)
+        assert portal_rules(bed) == [], "the guard took them out"
+        time.sleep(0.2)  # the file goes right after the rules
+        assert not os.path.exists(os.path.join(bed.env["VPN_FIREWALL_RUN_DIR"], "portal.json"))
+        status = bed.loader("status")
+        assert "ip: loaded, the same as the config compiles to" in status.stdout, status.stdout
+        bed.in_ns(bed.client, ["iptables", "-F", "VPNFW-OUTPUT"])  # and it still guards
+        deadline = time.time() + 3
+        while "-A VPNFW-OUTPUT" not in bed.in_ns(bed.client, ["iptables-save"]).stdout and time.time() < deadline:
+            time.sleep(0.05)
+        assert "-A VPNFW-OUTPUT -o lo -j ACCEPT" in bed.in_ns(bed.client, ["iptables-save"]).stdout
+        bed.stop("guard")
+        err = guard.stderr.read()
+        assert "the portal session's time is up: its rules are removed" in err, err
     finally:
         bed.down()

@@ -152,6 +152,9 @@ def cmd_start(args) -> int:
     with RulesLock():
         code = load.apply(ruleset, say)
     if code == load.OK:
+        from .portal import forget_ended
+
+        forget_ended()  # a killed portal session's file, once its time is up: its rules are gone now
         cached = prepared[0].inputs is None
         say("info", f"rules loaded and verified ({', '.join(load.families())})"
                     + ("; the config is unchanged since it was compiled last (cache)" if cached else ""))

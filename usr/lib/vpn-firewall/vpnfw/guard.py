@@ -160,6 +160,8 @@ class Guard:
         self.families = load.families()
         self.rules, self.stamp = None, None
         self.retry_at = {}  # family -> when to try its rules again after a failed repair
+        self.portal_ends = None  # when the portal allowance among the rules ends (portal.ends_of)
+        self.portal_failed = None  # that end, when taking the allowance out failed
         self.retry_wait = {}
         self.noted = {}  # family -> the harmless changes reported last
         self.facts = {"pid": os.getpid(), "since": int(time.time()), "repairs": 0, "recent": []}
@@ -180,8 +182,11 @@ class Guard:
                 held.record(rules)
                 stamp = held.stamp()
         if rules is not None:
+            from .portal import ends_of
+
             self.rules, self.stamp = rules, stamp
             self.retry_at.clear()
+            self.portal_ends = ends_of(rules)
 
     # -- watching ------------------------------------------------------------------
     def run(self) -> int:
@@ -231,6 +236,8 @@ class Guard:
                         break
             if self.stopping:
                 break
+            if self._portal_over():
+                self._end_portal()
             who = drain(events) if events in ready else []
             if events and not who and not self._retry_due():
                 continue
@@ -249,8 +256,40 @@ class Guard:
         return (self.watcher.fingerprint() != self.look or time.monotonic() - self.compared_at >= POLL_SECONDS
                 or self._retry_due())
 
+    # -- a portal session's end -------------------------------------------------------
+    def _portal_over(self) -> bool:
+        """The recorded rules hold a portal allowance whose time is up (inert: the kernel ended
+        it), and no repair of it is pending: it is time to take those rules out."""
+        ends = self.portal_ends
+        return ends is not None and ends <= time.time() and ends != self.portal_failed
+
+    def _end_portal(self) -> None:
+        """What the portal loaded, without its allowance: loaded, verified and recorded. The
+        session's own process does this when it ends; this is for one that was killed."""
+        from . import portal
+
+        with self.lock():
+            self._refresh_rules()
+            if not self._portal_over():
+                return
+            ends, rules = self.portal_ends, portal.without_allowance(self.rules)
+            try:
+                for family in self.families:
+                    load.load_verified(family, rules[family])
+            except LoadError as e:  # the allowance is inert all the same; tried again by the next command
+                self.portal_failed = ends
+                self.log("warning", f"the portal session's time is up; its rules could not be removed: {e}")
+                return
+            held.record(rules)
+            portal.forget_ended()
+            self._refresh_rules()
+        self.log("info", "the portal session's time is up: its rules are removed")
+
     def _timeout(self, events):
+        ends = self.portal_ends
         waits = [] if events else [LOOK_SECONDS if self.watcher else POLL_SECONDS]
+        if ends is not None and ends != self.portal_failed:
+            waits.append(max(0.0, ends - time.time()))
         if self.retry_at:
             waits.append(max(0.0, min(self.retry_at.values()) - time.monotonic()))
         return min(waits) if waits else None

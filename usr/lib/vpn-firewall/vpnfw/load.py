@@ -85,6 +85,12 @@ def _load_verified(family: str, rules, state: dict) -> None:
     _check(kernel.save(family), rules, printed)
 
 
+def load_verified(family: str, rules) -> None:
+    """`rules` in one restore, rendered for what the kernel holds now, then verified; LoadError
+    (the restore changed nothing) or VerifyError (it did, and is not what was sent) otherwise."""
+    _load_verified(family, rules, kernel.table_states(kernel.save(family)))
+
+
 def lockdown(family: str, say, record: bool = True) -> str:
     """Close the family whatever it takes; returns 'lockdown' or 'open'. record: the
     lockdown becomes what the guard keeps in force (not when the guard itself closes)."""

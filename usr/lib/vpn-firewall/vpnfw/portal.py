@@ -85,6 +85,33 @@ def end_session() -> None:
         pass
 
 
+def ends_of(ruleset) -> float:
+    """When the latest portal allowance among recorded rules (family -> Printed) ends, in
+    seconds since the epoch; None when there is none."""
+    import calendar
+
+    ends = None
+    for rules in ruleset.values():
+        for rule in rules:
+            if COMMENT in rule.line and "--datestop " in rule.line:
+                stop = rule.line.split("--datestop ", 1)[1].split(" ", 1)[0]
+                # the stop is the session's end rounded down to the second, and the kernel's
+                # match holds through that second
+                end = calendar.timegm(time.strptime(stop, "%Y-%m-%dT%H:%M:%S")) + 1
+                ends = end if ends is None else max(ends, end)
+    return ends
+
+
+def without_allowance(ruleset) -> dict:
+    return {family: [r for r in rules if COMMENT not in r.line] for family, rules in ruleset.items()}
+
+
+def forget_ended() -> None:
+    """The session file of a session whose time is up (its process was killed): gone."""
+    if os.path.exists(session_path()) and read_session() is None:
+        end_session()
+
+
 def rules(family: str, session) -> list:
     """The session's allowance in OUTPUT: http, https and DNS to its resolvers, for its cgroup
     only, until its end."""

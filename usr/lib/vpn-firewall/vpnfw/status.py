@@ -11,6 +11,7 @@ import time
 from . import kernel, links, load
 from .errors import ConfigError, LoadError
 from .model import BUILTIN_CHAINS, TUNNEL_FLOW_CHAIN, our_chain
+from .portal import COMMENT as PORTAL_COMMENT
 
 IN_SYNC, DIFFERENT, NOT_LOADED = 0, 1, 3  # DIFFERENT also: loaded, but no VPN server can be reached
 LOG_LINE = re.compile(r"vpn-firewall blocked (\w+): (.*)")
@@ -143,6 +144,9 @@ def show(facts) -> None:
             text = "loaded; the config on disk is invalid, so the rules in force are an older config's"
         elif entry["in_sync"]:
             text = "loaded, the same as the config compiles to"
+        elif facts["portal"] is None and any(PORTAL_COMMENT in d for d in entry["differences"]):
+            text = ("loaded, with the rules of a portal session whose time is up still in (inert: the kernel "
+                    "ended them on time); the guard takes them out, or run 'vpn-firewall reload'")
         else:
             first, more = entry["differences"][0], len(entry["differences"]) - 1
             text = (f"loaded, but not what the config compiles to ({first}{f', and {more} more' if more else ''}): "
