@@ -9,7 +9,9 @@ DEB      := $(PACKAGE)_$(VERSION)_all.deb
 BUILD_DEPS := debhelper dh-python python3 python3-docutils dpkg-dev fakeroot lintian
 DEMO_DEPS  := python3 iptables iproute2 openvpn openssl tcpdump util-linux
 TEST_DEPS  := $(BUILD_DEPS) $(DEMO_DEPS) ferm python3-pytest python3-hypothesis python3-pyflakes \
-              mmdebstrap systemd-container dnsmasq-base busybox nftables
+              mmdebstrap systemd-container dnsmasq-base busybox nftables stress-ng
+# without their recommends: wireguard-tools would bring a whole kernel image
+TEST_DEPS_NO_RECOMMENDS := wireguard-tools wireguard-go
 BENCH_DEPS := $(DEMO_DEPS) ferm iperf3
 
 LIB_FILES := usr/lib/vpn-firewall/vpn-firewall $(wildcard usr/lib/vpn-firewall/vpnfw/*.py)
@@ -46,12 +48,13 @@ install: man
 deb-deps:
 	@missing=$$(for p in $(BUILD_DEPS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
-	    if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_FLAGS) $$missing; \
 	    else echo "missing build dependencies: $$missing (run as root to install them)"; exit 1; fi; \
 	fi
 
 test-deps:
 	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(TEST_DEPS)"
+	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(TEST_DEPS_NO_RECOMMENDS)" APT_FLAGS=--no-install-recommends
 
 demo-deps:
 	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(DEMO_DEPS)"
