@@ -1,0 +1,97 @@
+"""A guard that runs for months: thousands of repairs in a network namespace, its memory
+measured (VmRSS) after a warm-up and at the end, the rules in sync afterwards. The control
+runs the same guard with the cycle collector kept off, as it was: its memory grows."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import LOADER, needs_root, write_config
+
+pytestmark = [needs_root]
+REPAIRS = int(os.environ.get("VPN_FIREWALL_SOAK_REPAIRS", "2000"))
+WARM_UP = 100
+
+# The guard as `vpn-firewall guard` runs it; for the control, with gc.enable made a no-op.
+EXAMPLE = "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n"
+
+RUN_GUARD = """
+import gc, sys
+sys.path.insert(0, {lib!r})
+if {collector_off!r}:
+    gc.enable = lambda: None
+from vpnfw import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+
+
+def soak(tmp_path, netns, repairs: int, collector_off: bool):
+    """(RSS after the warm-up, RSS at the end, in KiB; status's exit code at the end)."""
+    conf = write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    env = dict(os.environ, VPN_FIREWALL_RUN_DIR=str(tmp_path / "run"), VPN_FIREWALL_STATE_DIR=str(tmp_path / "state"),
+               VPN_FIREWALL_LOCK=str(tmp_path / "lock"))
+    env.pop("JOURNAL_STREAM", None)
+    ns = netns("soak")
+
+    def loader(*args):
+        return subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, LOADER, "--config-dir", conf, *args],
+                              capture_output=True, text=True, env=env, timeout=60)
+    assert loader("start").returncode == 0
+    script = RUN_GUARD.format(lib=os.path.dirname(LOADER), collector_off=collector_off)
+    guard = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-c", script, "--config-dir", conf,
+                              "guard"], env=env, stderr=subprocess.DEVNULL)
+    status_file = tmp_path / "run" / "guard.json"
+    try:
+        def repairs_so_far():
+            try:
+                return json.loads(status_file.read_text())["repairs"]
+            except (OSError, ValueError):
+                return -1
+        deadline = time.time() + 10
+        while repairs_so_far() < 0 and time.time() < deadline:
+            time.sleep(0.05)
+        # one shell in the namespace flushes our chain, then waits for the repair, again and again
+        flusher = subprocess.Popen(["ip", "netns", "exec", ns.name, "sh"], stdin=subprocess.PIPE, text=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        before = None
+        for n in range(repairs + WARM_UP):
+            if n == WARM_UP:
+                before = rss_kib(guard.pid)
+            done = repairs_so_far()
+            flusher.stdin.write("iptables -F VPNFW-OUTPUT\n")
+            flusher.stdin.flush()
+            deadline = time.time() + 10
+            while repairs_so_far() <= done and time.time() < deadline:
+                time.sleep(0.002)
+            assert repairs_so_far() > done, f"repair {n} did not come"
+        flusher.stdin.close()
+        flusher.wait(timeout=30)
+        after = rss_kib(guard.pid)
+        status = loader("status")
+        return before, after, status
+    finally:
+        guard.terminate()
+        guard.wait(timeout=30)
+
+
+def test_the_guard_repairs_thousands_of_times_without_growing(tmp_path, netns):
+    before, after, status = soak(tmp_path, netns, REPAIRS, collector_off=False)
+    print(f"guard RSS over {REPAIRS} repairs: {before} KiB -> {after} KiB ({after - before:+d} KiB)")
+    assert after - before < 1024, (before, after)
+    assert status.returncode == 0 and "ip: loaded, the same as the config compiles to" in status.stdout, status.stdout
+    assert f"{REPAIRS + WARM_UP} repair(s)" in status.stdout, status.stdout
+
+
+def test_control_without_the_cycle_collector_the_guard_grows(tmp_path, netns):
+    before, after, status = soak(tmp_path, netns, REPAIRS // 2, collector_off=True)
+    print(f"guard RSS over {REPAIRS // 2} repairs, collector off: {before} KiB -> {after} KiB")
+    assert after - before > 1024, "the soak could not tell: the control should grow"
