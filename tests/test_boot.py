@@ -189,7 +189,7 @@ def test_boot_with_the_legacy_backend_under_the_hardened_unit(tmp_path, base):
 def test_broken_config_boots_into_lockdown_with_the_unit_failed(tmp_path, base):
     results, console = boot(tmp_path, base, "broken", BROKEN)
     f = facts(results)
-    assert f["result"] == "exit-code" and f["active"] == "failed" and f["exit_status"] == "5", f
+    assert f["result"] == "exit-code" and f["active"] == "failed" and f["exit_status"] == "11", f
     assert 0 < int(f["fw_exit"]) < int(f["networking_start"]), f
     save = (results / "boot-ip.save").read_text()
     assert "vpn-firewall lockdown" in save and ":OUTPUT DROP" in save

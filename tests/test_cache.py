@@ -109,7 +109,7 @@ def test_a_config_that_others_may_now_write_is_refused_not_taken_from_the_cache(
     assert start(conf).returncode == 0
     os.chmod(f"{conf}/extra.ferm", 0o664)
     out = start(conf)
-    assert out.returncode == 4 and "writable by group or others" in out.stderr, out.stderr
+    assert out.returncode == 10 and "writable by group or others" in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("damage", ["garbage", "another version", "a portal session file"])

@@ -48,7 +48,7 @@ def test_usage_errors_exit_2():
 def test_help_documents_exit_codes():
     out = run_loader(["--help"])
     assert out.returncode == 0
-    for code in ("0 ", "3 ", "4 ", "5 ", "6 "):
+    for code in ("0 ", "3 ", "10 ", "11 ", "12 "):
         assert f"\n  {code}" in out.stdout
 
 

@@ -57,7 +57,7 @@ def test_broken_config_at_first_start_gives_lockdown(tmp_path, netns):
         assert probe(ns, "tcp 198.18.0.2 80") == "ok", "negative control"
         conf = write_config(tmp_path / "conf", {"30_user.conf": BROKEN})
         out = run_loader(["--config-dir", conf, "start"], netns=ns.name)
-        assert out.returncode == 5, out.stderr
+        assert out.returncode == 11, out.stderr
         assert BROKEN_AT in out.stderr
         assert_lockdown(ns, "ip")
         assert_lockdown(ns, "ip6")
@@ -78,7 +78,7 @@ def test_broken_config_on_reload_keeps_the_old_rules(tmp_path, netns):
     before = (rules_of(ns.save("ip")), rules_of(ns.save("ip6")))
     write_config(tmp_path / "conf", {"30_user.conf": BROKEN})
     out = run_loader(["--config-dir", conf, "reload"], netns=ns.name)
-    assert out.returncode == 4
+    assert out.returncode == 10
     assert BROKEN_AT in out.stderr and "stay in force" in out.stderr
     assert (rules_of(ns.save("ip")), rules_of(ns.save("ip6"))) == before
 
@@ -88,7 +88,7 @@ def test_failing_iptables_restore_at_first_start_drops_by_policy(tmp_path, netns
     conf = write_config(tmp_path / "conf", {"30_user.conf": GOOD})
     env = stand_in(tmp_path, "restore", "echo 'stand-in: no' >&2; exit 1\n")
     out = run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name)
-    assert out.returncode == 5, out.stderr
+    assert out.returncode == 11, out.stderr
     assert "stand-in: no" in out.stderr and "LOCKDOWN by policy" in out.stderr
     assert_policies_drop(ns, "ip")
     assert_policies_drop(ns, "ip6")
@@ -102,7 +102,7 @@ def test_failing_iptables_restore_on_reload_keeps_the_old_rules(tmp_path, netns)
     write_config(tmp_path / "conf", {"30_user.conf": GOOD + "chain OUTPUT daddr 192.0.2.1 ACCEPT;\n"})
     env = stand_in(tmp_path, "restore", "cat >/dev/null; echo 'stand-in: no' >&2; exit 4\n")
     out = run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name)
-    assert out.returncode == 4 and "stand-in: no" in out.stderr
+    assert out.returncode == 10 and "stand-in: no" in out.stderr
     assert rules_of(ns.save("ip")) == before
 
 
@@ -118,7 +118,7 @@ def test_rules_that_cannot_be_read_back_after_loading_give_the_lockdown(tmp_path
                    'n=$(cat "$count" 2>/dev/null || echo 0); echo $((n + 1)) > "$count"\n'
                    '[ "$n" -ge 1 ] && { echo "stand-in: cannot read" >&2; exit 1; }\nexec REAL "$@"\n')
     out = run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name)
-    assert out.returncode == 5, out.stderr
+    assert out.returncode == 11, out.stderr
     assert "ip: cannot read the rules back after loading them: iptables-save failed: stand-in: cannot read" in out.stderr
     assert "ip: LOCKDOWN by policy" in out.stderr
     assert_policies_drop(ns, "ip")
@@ -131,7 +131,7 @@ def test_restore_that_loads_something_else_is_caught_and_locked_down(tmp_path, n
     # drops one of our rules from the real ruleset; the lockdown ruleset passes untouched
     env = stand_in(tmp_path, "restore", "sed '/blocked out/d' | REAL \"$@\"\n")
     out = run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name)
-    assert out.returncode == 5, out.stderr
+    assert out.returncode == 11, out.stderr
     assert "not what was loaded" in out.stderr and "differs at rule" in out.stderr
     assert_lockdown(ns, "ip")
 
@@ -142,7 +142,7 @@ def test_missing_iptables_says_so_and_exits_6(tmp_path, netns):
     empty = tmp_path / "emptybin"
     empty.mkdir()
     out = run_loader(["--config-dir", conf, "start"], env={"PATH": str(empty)}, netns=ns.name)
-    assert out.returncode == 6, out.stderr
+    assert out.returncode == 12, out.stderr
     assert "iptables-restore not found" in out.stderr and "COULD NOT CLOSE" in out.stderr
 
 
@@ -155,7 +155,7 @@ def test_a_crash_while_compiling_leaves_the_lockdown(tmp_path, netns):
             "def boom(): raise RuntimeError('bug in the compiler')\n"
             "sys.exit(load.apply(boom, lambda level, msg: print(level, msg, file=sys.stderr)))\n")
     out = ns.sh(f"{sys.executable} -c \"{code}\"", check=False)
-    assert out.returncode == 5, out.stderr
+    assert out.returncode == 11, out.stderr
     assert "internal error: RuntimeError: bug in the compiler" in out.stderr
     assert_lockdown(ns, "ip")
 
@@ -180,23 +180,23 @@ def test_untrusted_config_is_refused_and_nothing_changes(tmp_path, netns):
     path = os.path.join(conf, "30_user.conf")
     os.chmod(path, 0o666)
     out = run_loader(["--config-dir", conf, "reload"], netns=ns.name)
-    assert out.returncode == 4
+    assert out.returncode == 10
     assert f"{path}:1:1: the config file is writable by group or others (mode 0666)" in out.stderr
     os.chmod(path, 0o644)
     os.chown(path, 65534, 65534)
     out = run_loader(["--config-dir", conf, "reload"], netns=ns.name)
-    assert out.returncode == 4 and f"{path}:1:1: the config file is owned by uid 65534, not root" in out.stderr
+    assert out.returncode == 10 and f"{path}:1:1: the config file is owned by uid 65534, not root" in out.stderr
     os.chown(path, 0, 0)
     os.chmod(conf, 0o777)
     out = run_loader(["--config-dir", conf, "reload"], netns=ns.name)
-    assert out.returncode == 4 and "the config directory is writable by group or others" in out.stderr
+    assert out.returncode == 10 and "the config directory is writable by group or others" in out.stderr
     assert rules_of(ns.save("ip")) == before
 
 
 def test_missing_config_dir_at_first_start_gives_lockdown(tmp_path, netns):
     ns = netns("nodir")
     out = run_loader(["--config-dir", str(tmp_path / "nope"), "start"], netns=ns.name)
-    assert out.returncode == 5 and "the config directory does not exist" in out.stderr
+    assert out.returncode == 11 and "the config directory does not exist" in out.stderr
     assert_lockdown(ns, "ip")
 
 
@@ -239,7 +239,7 @@ def test_loader_killed_at_first_start_is_closed_by_ensure_closed(tmp_path, netns
         outcomes.add(_closed(ns, "ip"))
         # what the unit's ExecStopPost runs after a start that did not succeed
         out = run_loader(["ensure-closed"], env={"SERVICE_RESULT": "signal"}, netns=ns.name)
-        assert out.returncode in (0, 5), out.stderr
+        assert out.returncode in (0, 11), out.stderr
         assert _closed(ns, "ip") and _closed(ns, "ip6")
         before = rules_of(ns.save("ip"))
         assert run_loader(["ensure-closed"], env={"SERVICE_RESULT": "signal"}, netns=ns.name).returncode == 0
@@ -299,7 +299,7 @@ def test_a_crash_while_loading_still_closes(tmp_path, netns):
             "ruleset = lambda: policy.build(read_settings(Variables()), [])\n"
             "sys.exit(load.apply(ruleset, lambda level, msg: print(level, msg, file=sys.stderr)))\n")
     out = ns.sh(f"{sys.executable} -c \"{code}\"", check=False)
-    assert out.returncode == 5, out.stderr
+    assert out.returncode == 11, out.stderr
     assert "internal error while loading: RuntimeError: bug in reading the rules" in out.stderr
     assert "LOCKDOWN by policy" in out.stderr
     assert_policies_drop(ns, "ip")

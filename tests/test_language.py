@@ -313,6 +313,10 @@ ERRORS = [
     ("chain OUTPUT proto icmp icmp-type flying ACCEPT;", "1:35: expected an icmp-type name or number"),
     ("chain OUTPUT proto icmpv6 icmpv6-type 999 ACCEPT;", "1:39: expected an icmpv6-type name or number"),
     ("chain OUTPUT mod frobnicate x 1 ACCEPT;", "1:18: unknown module 'frobnicate'"),
+    ("chain OUTPUT mod conntrak ctstate NEW ACCEPT;", "1:18: unknown module 'conntrak': did you mean 'conntrack'?"),
+    ("chain OUTPUT mod geoip src-cc DE ACCEPT;", "1:18: module 'geoip' is not supported: it comes from "
+                                                "xtables-addons, which Debian's kernel does not have"),
+    ("chain OUTPUT mod frag fragid 1 ACCEPT;", "1:18: module 'frag' is not supported: IPv6 extension headers"),
     ("chain OUTPUT mod set match-set bad src DROP;", "1:18: module 'set' is not supported: ipset sets"),
     ("chain OUTPUT mod u32 u32 '6&0xFF=1' DROP;", "1:18: module 'u32' is not supported"),
     ("chain OUTPUT ctstate NEW ACCEPT;", "1:14: 'ctstate' needs 'mod conntrack'"),

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import re
 import sys
 
 import pytest
@@ -36,6 +37,9 @@ def test_protected_machine_passes(pki, vpn):
         assert "eth0         ip6    bound to it              blocked    blocked" in out.stdout
         if vpn:
             assert "via tun0 (tunnel)" in out.stdout and "tun0 (unknown)" in out.stdout
+            # what went through the tunnel reads as that, not as a leak
+            assert re.search(r"\(routed\)\s+ip\s+via tun0 \(tunnel\)\s+tunnel\s+tunnel\n", out.stdout), out.stdout
+            assert "LEFT" not in out.stdout
         assert not bed.leaks(), "leak-test itself sent nothing out"
     finally:
         bed.down()

@@ -109,7 +109,7 @@ def broken_reload(bed):
     out = bed.loader("reload") if bed.firewall else None
     time.sleep(0.5)
     bed.stop("flooder")
-    obs = {"exit 4": out is not None and out.returncode == 4,
+    obs = {"exit 10": out is not None and out.returncode == 10,
            "names file:line:col": out is not None and BROKEN_AT in out.stderr}
     return obs, {k: True for k in obs}, NOTHING
 
@@ -145,10 +145,10 @@ def killed_loader(bed):
         failing = bed.loader("reload").returncode
         bed.env["PATH"] = saved
     else:
-        failing = 4
+        failing = 10
         time.sleep(2)
     bed.stop("flooder")
-    obs = {"failing restore keeps the rules (exit 4)": failing == 4}
+    obs = {"failing restore keeps the rules (exit 10)": failing == 10}
     return obs, {k: True for k in obs}, NOTHING
 
 

@@ -44,13 +44,13 @@ EPILOG = """\
 exit status:
   0  done: the rules are loaded and verified (check: the config is valid;
      status: loaded and the same as the config compiles to)
-  1  refused (unload without --force); status: loaded, but not the config's rules;
-     leak-test: something can leave outside the tunnel
+  1  refused (unload without --force); status: loaded, but not the config's rules,
+     or no VPN server can be reached; leak-test: something can leave outside the tunnel
   2  usage error
   3  the config is invalid (check, show); status: nothing of ours is loaded
-  4  start/reload failed: the rules loaded before stay in force
-  5  start/reload failed: the lockdown ruleset is loaded (all but loopback dropped)
-  6  start/reload failed and even the lockdown could not be loaded
+  10 start/reload failed: the rules loaded before stay in force
+  11 start/reload failed: the lockdown ruleset is loaded (all but loopback dropped)
+  12 start/reload failed and even the lockdown could not be loaded
 """
 
 

@@ -263,7 +263,11 @@ def _mod(c, scope, els, i, kw):
         if name in M.LEFT_OUT:
             raise ConfigError(atom.pos, f"module {name!r} is not supported: {M.LEFT_OUT[name]}")
         if name not in M.MODULES:
-            raise ConfigError(atom.pos, f"unknown module {name!r}: supported are {', '.join(sorted(M.MODULES))}")
+            import difflib  # only on this error's path
+
+            close = difflib.get_close_matches(name, M.MODULES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(atom.pos, f"unknown module {name!r}: {hint}supported are {', '.join(sorted(M.MODULES))}")
         if not any(m == name for m, _, _ in scope.matches):
             scope = scope._replace(matches=scope.matches + ((name, (), kw.pos),))
         scope = scope._replace(module=name)

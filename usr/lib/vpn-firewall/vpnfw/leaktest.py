@@ -17,7 +17,7 @@ from . import links
 
 TARGETS = {"ip": "192.0.2.1", "ip6": "2001:db8::1"}
 PORT = 9  # discard
-BLOCKED, NO_ROUTE, LEFT = "blocked", "no route", "LEFT"
+BLOCKED, NO_ROUTE, LEFT, TUNNEL = "blocked", "no route", "LEFT", "tunnel"
 NO_ROUTE_ERRORS = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENODEV, errno.EAFNOSUPPORT)
 LOCAL_REJECT_SECONDS = 0.05  # a refusal this fast came from this machine's own rules
 
@@ -90,7 +90,9 @@ def leak_test(patterns, families) -> int:
         device = route_device(family)
         tcp, udp = try_tcp(family), try_udp(family)
         through_tunnel = links.matches(device, patterns)
-        if not through_tunnel:
+        if through_tunnel:  # what went out went through the tunnel, as it should
+            tcp, udp = (TUNNEL if r.startswith(LEFT) else r for r in (tcp, udp))
+        else:
             leaks += (tcp.startswith(LEFT)) + (udp.startswith(LEFT))
         rows.append(("(routed)", family, f"via {device or 'no route'}" + (" (tunnel)" if through_tunnel else ""),
                      tcp, udp))

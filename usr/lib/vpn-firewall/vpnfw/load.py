@@ -14,7 +14,8 @@ from .render import (as_printed, chains_declared, chains_of, expected_lines, ren
                      rendered, tables_used)
 
 # Exit codes, worst last; documented in vpn-firewall(8).
-OK, KEPT, LOCKDOWN, OPEN = 0, 4, 5, 6
+# Not 4-6: systemd names those NOPERMISSION, NOTINSTALLED, NOTCONFIGURED in its status lines.
+OK, KEPT, LOCKDOWN, OPEN = 0, 10, 11, 12
 OUTCOME_EXIT = {"loaded": OK, "kept": KEPT, "lockdown": LOCKDOWN, "open": OPEN}
 
 

@@ -419,7 +419,22 @@ LEFT_OUT = {
     "statistic": "iptables prints a random probability rounded, so the loader could not verify the rule",
     "bpf": "its bytecode is not checked here; use the other matches",
     "socket": "it needs the socket lookup in PREROUTING only, for transparent proxies, not a host firewall",
+    "nth": "it is gone from the kernel (statistic took its place, and is left out too)",
+    "random": "it is gone from the kernel (statistic took its place, and is left out too)",
+    "osf": "it matches only with fingerprints another program loads (nfnl_osf): not there at boot",
+    "ipvs": "it is for IPVS load balancers, not a host's kill switch",
+    "realm": "it matches routing realms, which a host's routes do not set",
+    "cpu": "it matches the CPU that handles a packet: for spreading load, not for deciding what leaves",
+    "dccp": "its options are not checked here; 'proto dccp' with addresses and interfaces works",
+    "sctp": "its chunk and port options are not checked here; 'proto sctp' with addresses and interfaces works",
+    "eui64": "it compares a source address with a MAC, in INPUT only: not a kill switch's question",
 }
+for _name in ("account", "condition", "fuzzy", "geoip", "ipv4options", "psd"):
+    LEFT_OUT[_name] = ("it comes from xtables-addons, which Debian's kernel does not have: a rule naming it "
+                       "could not load at boot, and the kill switch would fail closed")
+for _name in ("dst", "hbh", "rt", "frag", "ipv6header", "mh"):
+    LEFT_OUT[_name] = ("IPv6 extension headers are not matched here: a kill switch decides by addresses, "
+                       "interfaces and ports, for IPv6 as for IPv4")
 
 
 def finish(module: str, options: tuple, family: str, pos) -> tuple:
