@@ -33,8 +33,44 @@ def test_contents_and_conffiles(tmp_path):
         "/etc/vpn-firewall/10_default.conf", "/etc/vpn-firewall/30_user.conf"]
     postinst = (tmp_path / "ctl/postinst").read_text()
     assert "py3compile -p vpn-firewall /usr/lib/vpn-firewall" in postinst
-    control = subprocess.run(["dpkg-deb", "-f", DEB, "Depends", "Version"], capture_output=True, text=True).stdout
-    assert "python3" in control and "iptables" in control
+    depends = subprocess.run(["dpkg-deb", "-f", DEB, "Depends"], capture_output=True, text=True).stdout
+    names = [d.strip().split(":")[0].split()[0] for d in depends.split(",")]
+    assert names.count("python3") == 1 and "iptables" in names, depends
+    assert re.search(r"^\./usr/share/doc/vpn-firewall/README\.md(\.gz)?$", listing.replace(" ", "\n"), re.M) or \
+        "./usr/share/doc/vpn-firewall/README.md" in listing, "the README is shipped"
+    # nothing stops the kill switch, the guard, the timer or the path unit on upgrade
+    assert not (tmp_path / "ctl/preinst").exists() or "stop" not in (tmp_path / "ctl/preinst").read_text()
+    assert "deb-systemd-invoke stop" not in (tmp_path / "ctl/prerm").read_text().split('if [ "$1" = "remove" ]')[0]
+
+
+def test_bash_completion_offers_only_the_users_commands():
+    text = open(os.path.join(ROOT, "usr/share/bash-completion/completions/vpn-firewall")).read()
+    words = re.search(r"compgen -W '(start [^']*)'", text).group(1).split()
+    assert words == ["start", "reload", "refresh", "check", "show", "status", "leak-test", "portal", "unload"]
+
+
+def test_the_installed_version_is_the_changelogs(tmp_path):
+    subprocess.run(["dpkg-deb", "-x", DEB, str(tmp_path / "tree")], check=True)
+    version = subprocess.run(["dpkg-deb", "-f", DEB, "Version"], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(["python3", str(tmp_path / "tree/usr/lib/vpn-firewall/vpn-firewall"), "--version"],
+                         capture_output=True, text=True)
+    assert out.stdout == f"vpn-firewall {version}\n", out.stdout
+
+
+@pytest.mark.skipif(not shutil.which("dpkg-buildpackage"), reason="needs dpkg-dev")
+def test_make_deb_builds_from_a_tree_without_git(tmp_path):
+    """A release tarball, as Debian builds from: no .git."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True)
+    if files.returncode != 0:
+        pytest.skip("not a git checkout")
+    tree = tmp_path / "vpn-firewall"
+    for name in files.stdout.split("\0"):
+        if name and os.path.exists(os.path.join(ROOT, name)):
+            os.makedirs(tree / os.path.dirname(name), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), tree / name)
+    out = subprocess.run(["make", "deb"], cwd=tree, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert (tree / "vpn-firewall.deb").exists()
 
 
 def test_version_is_the_changelog_version():
@@ -63,10 +99,15 @@ def test_unit_verifies_and_is_ordered_for_boot(tmp_path):
     assert out.stderr.strip() == "", out.stderr
     unit = (tmp_path / "tree/lib/systemd/system/vpn-firewall.service").read_text()
     for line in ("DefaultDependencies=no", "Before=network-pre.target", "Wants=network-pre.target",
-                 "Conflicts=shutdown.target", "WantedBy=sysinit.target", "Type=oneshot", "RemainAfterExit=yes"):
+                 "Conflicts=shutdown.target", "WantedBy=sysinit.target", "Type=oneshot", "RemainAfterExit=yes",
+                 "After=systemd-tmpfiles-setup.service"):
         assert line in unit
     assert not [l for l in unit.splitlines() if l.startswith("ExecStop=")]
-    assert "ExecStopPost=/usr/sbin/vpn-firewall ensure-closed" in unit
+    assert "ExecStopPost=+/usr/sbin/vpn-firewall ensure-closed" in unit, "outside the sandbox"
+    guard = (tmp_path / "tree/lib/systemd/system/vpn-firewall-guard.service").read_text()
+    for line in ("After=systemd-tmpfiles-setup.service", "After=vpn-firewall.service", "Before=network-pre.target",
+                 "WantedBy=vpn-firewall.service"):
+        assert line in guard
     score = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={tmp_path / 'tree'}",
                             "vpn-firewall.service"], capture_output=True, text=True).stdout
     level = float(re.search(r"Overall exposure level for vpn-firewall.service: ([\d.]+)", score).group(1))
