@@ -42,12 +42,13 @@ def base():
 
 
 def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, enable=(), upper=None,
-         files=None, deb=None, capture=None):
+         files=None, deb=None, capture=None, installed=None):
     """Boot a guest on an overlay of the base tree; return (results dir, console output).
     upper: the overlay of an earlier boot, to boot the same machine again.
     files: guest path -> text, written before the boot (drop-ins, units); deb: another .deb
     copied in as /root/next.deb (an upgrade); capture: a file where tcpdump writes what the
-    guest sends on its eth0, as the machine on the other end of the cable sees it."""
+    guest sends on its eth0, as the machine on the other end of the cable sees it;
+    installed: the .deb preinstalled, if not the one under test (an older version)."""
     work, root = tmp_path / "work", tmp_path / "root"
     for d in (work, root):
         d.mkdir()
@@ -74,7 +75,7 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
         if deb:
             shutil.copy(deb, root / "root/next.deb")
         (root / "etc/network/interfaces").write_text(INTERFACES)
-        shutil.copy(DEB, root / "root/vpn-firewall.deb")
+        shutil.copy(installed or DEB, root / "root/vpn-firewall.deb")
         if preinstall:
             out = subprocess.run(["chroot", str(root), "dpkg", "-i", "/root/vpn-firewall.deb"],
                                  capture_output=True, text=True)
@@ -236,7 +237,7 @@ def test_autopkgtest_script_passes_in_a_chroot(tmp_path, base):
                     f"lowerdir={base},upperdir={upper},workdir={work}", str(root)], check=True)
     try:
         subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
-        shutil.copy(DEB, root / "root/vpn-firewall.deb")
+        shutil.copy(installed or DEB, root / "root/vpn-firewall.deb")
         shutil.copy(os.path.join(HERE, "..", "..", "debian", "tests", "kill-switch"), root / "root/kill-switch")
         out = subprocess.run(["chroot", str(root), "dpkg", "-i", "/root/vpn-firewall.deb"], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr

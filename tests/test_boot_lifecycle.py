@@ -260,3 +260,41 @@ def test_a_disabled_kill_switch_starts_no_guard_and_leaves_nothing_failed(tmp_pa
     assert f["guard_result"] == "success" and f["guard_restarts"] == "0", f
     assert f["failed_units"].strip() == "", f
     assert "VPNFW" not in (results / "boot-ip.save").read_text()
+
+
+FIRST_RELEASE = "e36c743fd34aa0b13b521ab80820e8da7925e33c"  # 0.1.0, the last commit before the lifecycle work
+
+
+def first_release_deb(tmp_path) -> str:
+    """0.1.0 built from this repository's history, as users have it installed."""
+    root = os.path.join(os.path.dirname(UNITS), "..", "..")
+    tree = tmp_path / "vpn-firewall-0.1.0"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", root, "archive", FIRST_RELEASE], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"0.1.0 is not in this checkout's history: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    out = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=tree, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return str(tmp_path / "vpn-firewall_0.1.0_all.deb")
+
+
+def test_the_upgrade_from_0_1_0_under_a_flood(tmp_path, base):
+    """From the first release, whose guard was enabled on its own (WantedBy=sysinit.target)
+    and whose preinst stopped everything: nothing on the wire, the upgrade's message, the
+    guard now enabled with the kill switch, the timer and the path unit still active."""
+    old = first_release_deb(tmp_path)
+    (tmp_path / "boot").mkdir()
+    results, console = boot(tmp_path / "boot", base, "upgrade", CONFIGURED, deb=DEB, installed=old,
+                            capture=tmp_path / "wire.pcap")
+    f = facts(results)
+    log = (results / "upgrade.log").read_text()
+    assert f["upgrade_status"] == "0", log
+    assert "vpn-firewall: upgraded from 0.1.0: the new rules are loaded, the kill switch stayed in force" in log, log
+    assert "SSH sessions" not in log, log
+    assert f["guard_wanted_by"].split() == ["vpn-firewall.service.wants/vpn-firewall-guard.service"], f
+    assert f["upgraded_active"] == "active" and f["upgraded_guard_active"] == "active", f
+    assert f["guard_pid_after"] != f["guard_pid_before"], "the guard runs the new code"
+    assert (f["timer_before"], f["timer_after"]) == ("active", "active"), f
+    assert f["version_after"] == f"vpn-firewall {subprocess.run(['dpkg-deb', '-f', DEB, 'Version'], capture_output=True, text=True).stdout.strip()}"
+    assert frames_to_the_internet(tmp_path / "wire.pcap") == []

@@ -90,6 +90,7 @@ if [ "$(cat /root/scenario)" = upgrade ]; then
         echo "path_after=$(systemctl is-active vpn-firewall-client-configs.path)"
         echo "version_after=$(vpn-firewall --version)"
         echo "status_after=$(vpn-firewall status > $R/status-after 2>&1; echo $?)"
+        echo "guard_wanted_by=$(cd /etc/systemd/system && ls -d */vpn-firewall-guard.service | tr '\n' ' ')"
     } >> $R/boot
     iptables-save > $R/upgrade.save 2>&1
     journalctl -b -u vpn-firewall.service -u vpn-firewall-guard.service --no-pager -o cat > $R/journal 2>&1
