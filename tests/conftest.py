@@ -123,3 +123,22 @@ def pytest_terminal_summary(terminalreporter):
     for case, backend, with_fw, without, verdict in rows:
         shown_without = "-" if case.startswith("1 ") and without == 0 else str(without)
         write(f"{case:36} {backend:8} {with_fw:>12} {shown_without:>8}  {verdict}")
+
+
+# A minimal Debian 12 tree for the boot tests (test_boot*.py), cached across runs.
+CACHE = os.environ.get("VPN_FIREWALL_TEST_CACHE", "/var/cache/vpn-firewall-tests")
+BOOT_BASE = os.path.join(CACHE, "bookworm-base-nft")  # named by what it includes: a new name is a new tree
+BOOT_INCLUDE = "systemd,systemd-sysv,dbus,iptables,python3,iproute2,ifupdown,nftables"
+
+
+@pytest.fixture(scope="module")
+def base():
+    """A cached minimal bookworm tree (mmdebstrap from Debian's packages, about 20 s once)."""
+    if not os.path.isdir(BOOT_BASE):
+        os.makedirs(CACHE, exist_ok=True)
+        tmp = BOOT_BASE + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={BOOT_INCLUDE}", "bookworm", tmp],
+                       check=True, capture_output=True)
+        os.rename(tmp, BOOT_BASE)
+    return BOOT_BASE

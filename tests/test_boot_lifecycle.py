@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import needs_root
-from test_boot import CONFIGURED, DEB, base, boot, facts  # noqa: F401 (base: the fixture)
+from test_boot import CONFIGURED, DEB, boot, facts
 
 BOOTS = int(os.environ.get("VPN_FIREWALL_BOOTS", "20"))
 UNITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib", "systemd", "system")

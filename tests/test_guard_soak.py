@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from conftest import LOADER, needs_root, write_config
 
