@@ -107,6 +107,11 @@ def netns():
         ns.delete()
 
 
+def said(compiled) -> str:
+    """What a compile said (its warnings and notices), one a line, as the commands print them."""
+    return "".join(text + "\n" for kind, text in compiled.said)
+
+
 def rules_of(save_text: str) -> list:
     """The -A lines and chain declarations of an iptables-save text, without comments."""
     return [line for line in save_text.splitlines() if line.startswith(("-A", ":", "*"))]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import write_config
-from vpnfw.cli import compile_config
+from vpnfw.pipeline import compile_config
 from vpnfw.errors import ConfigError
 from vpnfw.render import render_load
 

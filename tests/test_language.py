@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from conftest import write_config
-from vpnfw.cli import compile_config
+from conftest import said, write_config
+from vpnfw.pipeline import compile_config
 from vpnfw.errors import ConfigError
 from vpnfw.render import rule_line
 
@@ -196,9 +196,8 @@ def test_a_variable_named_like_a_setting_but_used_is_no_error(tmp_path):
     assert any("192.0.2.9" in line for line in lines)
 
 
-def test_unused_variable_far_from_any_setting_warns_with_a_suggestion(tmp_path, capsys):
-    compile_text(tmp_path, "@def $MY_LAN = 192.0.2.0/24;\n@def $SERVERS = 192.0.2.1;\n")
-    err = capsys.readouterr().err
+def test_unused_variable_far_from_any_setting_warns_with_a_suggestion(tmp_path):
+    err = said(compile_text(tmp_path, "@def $MY_LAN = 192.0.2.0/24;\n@def $SERVERS = 192.0.2.1;\n"))
     assert "30_user.conf:1:1: warning: $MY_LAN is defined but never used\n" in err
     assert "30_user.conf:2:1: warning: $SERVERS is defined but never used; did you mean $VPN_SERVERS?" in err
 
@@ -426,7 +425,7 @@ def test_gateway_masquerade_can_be_off(tmp_path):
     assert not any(r.table == "nat" for r in compile_text(tmp_path, text).ruleset["ip"])
 
 
-def test_host_name_endpoints_use_the_pinned_addresses(tmp_path, monkeypatch, capsys):
+def test_host_name_endpoints_use_the_pinned_addresses(tmp_path, monkeypatch):
     import json
     monkeypatch.setenv("VPN_FIREWALL_STATE_DIR", str(tmp_path / "state"))
     text = "@def $VPN_SERVERS = (vpn.example.net:1194/udp 198.51.100.7:443/tcp);"
@@ -434,7 +433,7 @@ def test_host_name_endpoints_use_the_pinned_addresses(tmp_path, monkeypatch, cap
     assert compiled.settings.vpn_servers[0].host == "vpn.example.net"
     lines = [rule_line(r) for r in compiled.ruleset["ip"]]
     assert not any("1194" in line for line in lines), "never resolved: nothing may reach it"
-    assert "vpn.example.net in $VPN_SERVERS has never been resolved" in capsys.readouterr().err
+    assert "vpn.example.net in $VPN_SERVERS has never been resolved" in said(compiled)
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "pinned.json").write_text(json.dumps(
         {"vpn.example.net": {"addresses": ["198.51.100.9", "2001:db8::9"], "resolved": 1}}))
@@ -519,10 +518,10 @@ chain OUTPUT mod comment comment @cat(@substr("abcdef", 1, 3), '-', @length(xyz)
     assert "-A VPNFW-OUTPUT -p ipv6-icmp -j ACCEPT" in user_lines(tmp_path / "6", text, "ip6")
 
 
-def test_policy_accept_is_a_warning_and_the_rest_loads(tmp_path, capsys):
+def test_policy_accept_is_a_warning_and_the_rest_loads(tmp_path):
     compiled = compile_text(tmp_path, "chain INPUT policy ACCEPT;\nchain OUTPUT policy DROP;\n"
                                       "chain INPUT proto tcp dport 22 ACCEPT;\n")
-    err = capsys.readouterr().err
+    err = said(compiled)
     assert "30_user.conf:1:13: warning: policy ACCEPT for chain INPUT is not applied" in err
     assert "policy ACCEPT for chain OUTPUT" not in err
     assert "-A VPNFW-INPUT -p tcp -m tcp --dport 22 -j ACCEPT" in [rule_line(r) for r in compiled.ruleset["ip"]]
@@ -536,16 +535,15 @@ def test_policy_accept_is_a_warning_and_the_rest_loads(tmp_path, capsys):
     ("table mangle chain POSTROUTING CONNMARK save-mark;", "CONNMARK here clears bit 0x20000000"),
     ("table mangle chain POSTROUTING CONNMARK save-mark mask 0xffff;", None),
 ])
-def test_marks_that_would_undo_the_kill_switchs_bits_are_warned_of(tmp_path, capsys, rule, warned):
-    compile_text(tmp_path, rule)
-    err = capsys.readouterr().err
+def test_marks_that_would_undo_the_kill_switchs_bits_are_warned_of(tmp_path, rule, warned):
+    err = said(compile_text(tmp_path, rule))
     if warned:
         assert "30_user.conf:1:" in err and warned in err, err
     else:
         assert "30_user.conf:1:" not in err, err
 
 
-def test_resolve_uses_the_pinned_addresses_and_never_resolves(tmp_path, capsys, monkeypatch):
+def test_resolve_uses_the_pinned_addresses_and_never_resolves(tmp_path, monkeypatch):
     state = tmp_path / "state"
     state.mkdir()
     (state / "pinned.json").write_text('{"www.example.net": {"addresses": ["192.0.2.80", "2001:db8::80"], '
@@ -560,7 +558,7 @@ def test_resolve_uses_the_pinned_addresses_and_never_resolves(tmp_path, capsys, 
     assert lines == ["-A VPNFW-OUTPUT -d 192.0.2.80/32 -p tcp -m tcp --dport 443 -j ACCEPT",
                      "-A VPNFW-OUTPUT -d 2001:db8::80/128 -p tcp -m tcp --dport 443 -j ACCEPT",
                      "-A VPNFW-OUTPUT -d 2001:db8::80/128 -p tcp -m tcp --dport 80 -j ACCEPT"]
-    assert "30_user.conf:3:29: warning: new.example.net has never been resolved" in capsys.readouterr().err
+    assert "30_user.conf:3:29: warning: new.example.net has never been resolved" in said(compiled)
     assert compiled.resolving == ("new.example.net", "www.example.net")
 
 

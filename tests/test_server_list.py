@@ -134,13 +134,13 @@ def random_servers(rng, n):
 def server_lines(config_dir, split):
     """family -> the restore lines printed, with the list split at `split` server rules."""
     from vpnfw import policy
-    from vpnfw.cli import compile_config
+    from vpnfw.pipeline import compile_config
     from vpnfw.render import render_load
 
     saved = policy.SERVER_LIST_SPLIT
     policy.SERVER_LIST_SPLIT = split
     try:
-        ruleset = compile_config(config_dir, quiet=True).ruleset
+        ruleset = compile_config(config_dir).ruleset
     finally:
         policy.SERVER_LIST_SPLIT = saved
     return {family: render_load(rules, {}).splitlines() for family, rules in ruleset.items()}

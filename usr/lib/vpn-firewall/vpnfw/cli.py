@@ -2,13 +2,14 @@
 
 import os
 import sys
-from collections import namedtuple
 
 from . import cmdline
 from .errors import ConfigError, LoadError
 
+from .exits import CONFIG_ERROR, REFUSED, USAGE_ERROR
+
 LEVELS = {"error": 3, "warning": 4, "notice": 5, "info": 6}
-REFUSED, CONFIG_ERROR = 1, 3
+
 
 def say(level: str, message: str) -> None:
     """One line to stderr; under systemd with a priority prefix the journal understands."""
@@ -16,13 +17,6 @@ def say(level: str, message: str) -> None:
         sys.stderr.write(f"<{LEVELS[level]}>{message}\n")
     else:
         sys.stderr.write(f"vpn-firewall: {level}: {message}\n")
-
-
-# ruleset: family -> rules
-# resolving: the host names @resolve asked for
-# said: (kind, text) of every warning and notice of the compile, told or not
-# servers: how many VPN server endpoints have an address (host names pinned)
-Compiled = namedtuple("Compiled", "ruleset settings resolving said servers", defaults=((), (), None))
 
 
 def tell(kind: str, text: str) -> None:
@@ -33,50 +27,11 @@ def tell(kind: str, text: str) -> None:
         say(kind, text)
 
 
-def compile_config(config_dir: str, quiet: bool = False, tell=tell) -> "Compiled":
-    """The config's ruleset and settings, or ConfigError; warnings are said on the way
-    (quiet: only kept, in .said)."""
-    from . import policy
-    from .compiler import Compiler
-    from .config import read_config
-    from .settings import check_misspelt, read_settings, unused_warnings
-    from .values import Services, services_path
+def compile_config(config_dir: str, quiet: bool = False):
+    """The pipeline's compile, its warnings said here unless quiet."""
+    from .pipeline import compile_config as compiled
 
-    from .pinned import pin
-
-    said = []
-
-    def told(kind, text):
-        said.append((kind, text))
-        if not quiet:
-            tell(kind, text)
-    config = read_config(config_dir)
-    settings = read_settings(config.variables)
-    if settings.vpn_client_configs:
-        from .clientconfigs import endpoints
-
-        found = endpoints(settings.vpn_client_configs, config.variables.warnings.append)
-        settings = settings._replace(vpn_servers=settings.vpn_servers + found)
-    pinned = pin(settings, told)
-    compiler = Compiler(config.variables, Services(services_path()))
-    user_rules = compiler.compile(config.statements)
-    check_misspelt(config.variables)
-    for warning in compiler.warnings + unused_warnings(config.variables):
-        told("raw", warning)
-    if not pinned.vpn_servers:
-        told("warning", no_server_reachable(settings, config_dir))
-    from .portal import read_session
-
-    return Compiled(policy.build(pinned, user_rules, read_session()), settings,
-                    tuple(sorted(config.variables.resolving)), tuple(said), len(pinned.vpn_servers))
-
-
-def no_server_reachable(settings, config_dir: str) -> str:
-    if settings.vpn_servers:  # all of them host names never resolved
-        return ("no VPN server can be reached: the host names in $VPN_SERVERS have never been resolved; "
-                "run 'vpn-firewall refresh'")
-    return ("no VPN server can be reached: $VPN_SERVERS is empty, so nothing but LAN/DHCP can leave outside "
-            "the tunnel and no VPN client can connect; set it in " + os.path.join(config_dir, "30_user.conf"))
+    return compiled(config_dir, None if quiet else tell)
 
 
 class RulesLock:
@@ -85,7 +40,9 @@ class RulesLock:
     def __enter__(self):
         import fcntl
 
-        path = os.environ.get("VPN_FIREWALL_LOCK", "/run/vpn-firewall.lock")
+        from .state import lock_path
+
+        path = lock_path()
         try:
             self.handle = open(path, "a")
         except OSError as e:
@@ -108,57 +65,26 @@ def compiled_or_say(config_dir: str):
         return None
 
 
-class ForStart:
-    """start's ruleset: from the cache when nothing the compile read has changed (rules in
-    their printed form), else compiled now (inputs, said: what the cache keeps of it)."""
-
-    def __init__(self, config_dir: str):
-        from . import cache
-
-        hit = cache.load(config_dir)
-        if hit is not None:
-            self.ruleset, said = hit
-            self.inputs = None
-            for kind, text in said:
-                tell(kind, text)
-            return
-        self.said = []
-
-        def keep(kind, text):
-            self.said.append((kind, text))
-            tell(kind, text)
-        cache.record()
-        try:
-            self.ruleset = compile_config(config_dir, tell=keep).ruleset
-        finally:
-            self.inputs = cache.stop()
-
-    def keep(self, config_dir: str) -> None:
-        """After a verified load: the cache holds this compile for the next start."""
-        from . import cache
-
-        if self.inputs is not None:
-            cache.store(config_dir, self.inputs, self.ruleset, self.said)
-
-
 def cmd_start(args) -> int:
     from . import load
+
+    from .pipeline import StartCompile
 
     prepared = []
 
     def ruleset():  # called by apply, while the kernel's state is read
-        prepared.append(ForStart(args.config_dir))
-        return prepared[0]
+        prepared.append(StartCompile(args.config_dir, tell))
+        return prepared[0].ruleset
     with RulesLock():
         code = load.apply(ruleset, say)
     if code == load.OK:
         from .portal import forget_ended
 
         forget_ended()  # a killed portal session's file, once its time is up: its rules are gone now
-        cached = prepared[0].inputs is None
+        cached = prepared[0].from_cache
         say("info", f"rules loaded and verified ({', '.join(load.families())})"
                     + ("; the config is unchanged since it was compiled last (cache)" if cached else ""))
-        prepared[0].keep(args.config_dir)
+        prepared[0].store()
     return code
 
 
@@ -274,13 +200,14 @@ def cmd_guard(args) -> int:
     def adopt():
         """No ruleset recorded (loaded by an older version): the config's, if it is what the kernel holds."""
         from . import kernel, load
+        from .differences import holes
 
         try:
             ruleset = compile_config(args.config_dir, quiet=True).ruleset
         except ConfigError:
             return None
         fams = load.families()
-        if all(not load.holes(kernel.save(f), ruleset[f]) for f in fams):
+        if all(not holes(kernel.save(f), ruleset[f]) for f in fams):
             return {f: ruleset[f] for f in fams}
         return None
 
@@ -324,7 +251,7 @@ def cmd_portal(args) -> int:
 
     if args.run is None:
         sys.stdout.write(PORTAL_HOWTO)
-        return cmdline.USAGE_ERROR
+        return USAGE_ERROR
     if os.geteuid() != 0:
         say("error", "portal changes the firewall: run it as root (sudo vpn-firewall portal -- COMMAND)")
         return REFUSED
@@ -333,7 +260,7 @@ def cmd_portal(args) -> int:
         dns = [portal.dns_address(args.values["--dns"])] if "--dns" in args.values else portal.lease_resolvers()
     except portal.PortalError as e:
         say("error", str(e))
-        return cmdline.USAGE_ERROR
+        return USAGE_ERROR
 
     def reload():
         with RulesLock():

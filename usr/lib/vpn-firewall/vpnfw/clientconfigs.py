@@ -15,12 +15,10 @@ endpoint opens a way out; keys in them are never printed: only the values of the
 read here appear in messages.
 """
 
-import glob
 import os
 import re
-import stat
 
-from . import cache, values as V
+from . import inputs, values as V
 from .errors import ConfigError, Pos
 from .parser import Atom
 
@@ -33,8 +31,7 @@ def endpoints(patterns, warn) -> tuple:
     """The Endpoints the files matching the patterns (atoms) name, in file order."""
     found = []
     for pattern in patterns:
-        paths = sorted(glob.glob(pattern.text))
-        cache.note_glob(pattern.text, paths)
+        paths = inputs.glob(pattern.text)
         if not paths:
             warn(f"{pattern.pos}: warning: $VPN_CLIENT_CONFIGS: {pattern.text!r} matches no file")
         for path in paths:
@@ -46,15 +43,11 @@ def endpoints(patterns, warn) -> tuple:
 
 def read_file(path: str) -> list:
     try:
-        st = os.stat(path)
-        with open(path, "rb") as f:
-            data = f.read()
-        text = data.decode("utf-8", "replace")
-        cache.note_file(path, data)
-        cache.note_owner(path, st)
+        st = inputs.owner(path)
+        text = inputs.read(path).decode("utf-8", "replace")
     except OSError as e:
         raise ConfigError(Pos(path, 1, 1), f"cannot read this VPN client config: {e.strerror}") from None
-    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if inputs.untrusted(st):
         raise ConfigError(Pos(path, 1, 1), "a VPN client config that others may write names servers for the kill "
                                            "switch: it must be root's and not writable by group or others")
     if re.search(r"(?mi)^\s*\[peer\]", text):

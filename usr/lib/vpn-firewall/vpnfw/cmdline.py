@@ -10,8 +10,9 @@ to compile and load. Usage errors exit 2, as argparse's do.
 import os
 import sys
 
+from .exits import USAGE_ERROR, help_text
+
 DEFAULT_CONFIG_DIR = "/etc/vpn-firewall"
-USAGE_ERROR = 2
 
 # name -> (help, {option: help}); the order is the order of --help
 COMMANDS = {
@@ -40,18 +41,6 @@ COMMANDS = {
 
 USAGE = "usage: vpn-firewall [-h] [--version] [--config-dir DIR] COMMAND [OPTION ...]"
 
-EPILOG = """\
-exit status:
-  0  done: the rules are loaded and verified (check: the config is valid;
-     status: loaded and the same as the config compiles to)
-  1  refused (unload without --force); status: loaded, but not the config's rules,
-     or no VPN server can be reached; leak-test: something can leave outside the tunnel
-  2  usage error
-  3  the config is invalid (check, show); status: nothing of ours is loaded
-  10 start/reload failed: the rules loaded before stay in force
-  11 start/reload failed: the lockdown ruleset is loaded (all but loopback dropped)
-  12 start/reload failed and even the lockdown could not be loaded
-"""
 
 
 class Args:
@@ -150,7 +139,7 @@ def main_help() -> str:
     lines += _columns([("-h, --help", "show this help and exit (COMMAND --help: that command's)"),
                        ("--version", "show the version and exit"),
                        ("--config-dir DIR", f"read *.conf from DIR (default: {DEFAULT_CONFIG_DIR})")])
-    return "\n".join(lines) + "\n\n" + EPILOG
+    return "\n".join(lines) + "\n\n" + help_text()
 
 
 def command_help(command: str) -> str:

@@ -13,7 +13,7 @@ import os
 import stat
 from collections import namedtuple
 
-from . import cache
+from . import inputs
 from .compiler import Variables
 from .errors import ConfigError, Pos
 from .parser import Def, FuncDef, Include, parse
@@ -27,15 +27,14 @@ Config = namedtuple("Config", "files variables statements")
 
 def config_files(directory: str) -> list:
     try:
-        names = os.listdir(directory)
-        cache.note_listing(directory, names)
+        names = inputs.listing(directory)
     except FileNotFoundError:
         raise ConfigError(Pos(directory, 1, 1), "the config directory does not exist") from None
     except OSError as e:
         raise ConfigError(Pos(directory, 1, 1), f"cannot read the config directory: {e.strerror}") from None
-    _check_trusted(directory, os.stat(directory), "directory")
+    _check_trusted(directory, "directory")
     paths = []
-    for name in sorted(names):
+    for name in names:
         if not name.endswith(".conf") or name.startswith("."):
             continue
         path = os.path.join(directory, name)
@@ -45,22 +44,20 @@ def config_files(directory: str) -> list:
             raise ConfigError(Pos(path, 1, 1), f"cannot read: {e.strerror}") from None
         if not stat.S_ISREG(st.st_mode):
             continue
-        _check_trusted(path, st, "file")
+        _check_trusted(path, "file")
         paths.append(path)
     return paths
 
 
-def _check_trusted(path: str, st: os.stat_result, what: str) -> None:
+def _check_trusted(path: str, what: str) -> None:
     """A firewall config that someone else may edit is no firewall: refuse it."""
-    cache.note_owner(path, st)
-    if st.st_uid != 0:
-        raise ConfigError(Pos(path, 1, 1), f"the config {what} is owned by uid {st.st_uid}, not root: refusing to use it")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            Pos(path, 1, 1),
-            f"the config {what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
-            f"refusing to use it; run 'chmod go-w {path}'",
-        )
+    try:
+        why = inputs.untrusted(inputs.owner(path))
+    except OSError as e:
+        raise ConfigError(Pos(path, 1, 1), f"cannot read: {e.strerror}") from None
+    if why:
+        fix = "chown root" if "owned" in why else "chmod go-w"
+        raise ConfigError(Pos(path, 1, 1), f"the config {what} {why}: refusing to use it; run '{fix} {path}'")
 
 
 def read_config(directory: str) -> Config:
@@ -74,9 +71,7 @@ def read_config(directory: str) -> Config:
 
 def _parse_file(path: str) -> tuple:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        cache.note_file(path, data)
+        data = inputs.read(path)
         # a byte-order mark, as Notepad and some editors write: not part of the text
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
@@ -141,7 +136,7 @@ def _included(node: Include, variables, chain: tuple) -> list:
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(atom.pos, f"cannot include {path}: not a file (a directory is written with a "
                                         "trailing '/')")
-        _check_trusted(path, st, "file")
+        _check_trusted(path, "file")
         found.append(path)
     for path in found:
         if os.path.realpath(path) in chain:
@@ -151,11 +146,10 @@ def _included(node: Include, variables, chain: tuple) -> list:
 
 def _directory(path: str, pos) -> list:
     try:
-        names = sorted(os.listdir(path))
-        cache.note_listing(path, names)
-        _check_trusted(path, os.stat(path), "directory")
+        names = inputs.listing(path)
     except OSError as e:
         raise ConfigError(pos, f"cannot include {path}: {e.strerror}") from None
+    _check_trusted(path, "directory")
     files = []
     for name in names:
         if name.startswith(".") or name.endswith("~") or ".dpkg-" in name:
@@ -163,7 +157,7 @@ def _directory(path: str, pos) -> list:
         full = os.path.join(path, name)
         st = os.stat(full)
         if stat.S_ISREG(st.st_mode):
-            _check_trusted(full, st, "file")
+            _check_trusted(full, "file")
             files.append(full)
     return files
 

@@ -80,3 +80,20 @@ def resolve(name: str, servers: list) -> list:
         except (OSError, DNSError) as e:
             errors.append(f"{server}: {e}")
     raise DNSError("; ".join(errors) or "no DNS server to ask")
+
+
+def nameservers(path: str) -> list:
+    """The name servers a resolv.conf names, each once, in its order (a zone index dropped);
+    none when it cannot be read."""
+    found = []
+    try:
+        with open(path) as f:
+            for line in f:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    address = words[1].split("%")[0]
+                    if address not in found:
+                        found.append(address)
+    except OSError:
+        pass
+    return found

@@ -7,7 +7,7 @@ Truth is ferm's (Perl's): an empty list, '' and '0' are false, anything else is 
 
 import os
 
-from . import cache, values as V
+from . import inputs, values as V
 from .errors import ConfigError
 from .parser import Atom
 
@@ -71,15 +71,12 @@ def _substr(variables, call):
 
 
 def _glob(variables, call):
-    import glob
-
     base = os.path.dirname(call.pos.file)
     found = []
     for node in _args(call, least=1):
         for atom in variables.expand(node):
             pattern = atom.text if os.path.isabs(atom.text) else os.path.join(base, atom.text)
-            paths = sorted(glob.glob(pattern))
-            cache.note_glob(pattern, paths)
+            paths = inputs.glob(pattern)
             found += [Atom("string", p, atom.pos) for p in paths]
     return found
 

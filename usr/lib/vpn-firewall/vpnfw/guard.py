@@ -1,6 +1,6 @@
 """`vpn-firewall guard`: puts the rules in force back when another program removes or alters them.
 
-The rules to put back are the ones recorded when they were loaded (held.py), never a
+The rules to put back are the ones recorded when they were loaded (in_force.py), never a
 fresh compile of a config that may have changed on disk since. On iptables-nft the guard
 sleeps on the kernel's own announcement of every nf_tables commit (netlink, group
 NFNLGRP_NFTABLES), which also names the committing process; the legacy backend announces
@@ -22,7 +22,7 @@ import socket
 import struct
 import time
 
-from . import held, kernel, load
+from . import differences, in_force, kernel, load, state
 from .errors import LoadError, VerifyError
 from .render import render_load
 
@@ -119,7 +119,7 @@ def _notify_ready() -> None:
 
 
 def status_path() -> str:
-    return os.path.join(held.run_dir(), "guard.json")
+    return state.in_run_dir("guard.json")
 
 
 def read_status():
@@ -127,7 +127,7 @@ def read_status():
     try:
         with open(status_path()) as f:
             facts = json.load(f)
-        with open(os.path.join(kernel.proc_dir(), str(facts["pid"]), "cmdline"), "rb") as f:
+        with open(os.path.join(state.proc_dir(), str(facts["pid"]), "cmdline"), "rb") as f:
             if b"guard" not in f.read():
                 return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -146,7 +146,7 @@ def stop_running(say, timeout: float = 10.0) -> None:
     except OSError:
         return
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and os.path.exists(os.path.join(kernel.proc_dir(), str(pid))):
+    while time.monotonic() < deadline and os.path.exists(os.path.join(state.proc_dir(), str(pid))):
         time.sleep(0.02)
     say("notice", f"the guard (pid {pid}) was stopped")
 
@@ -172,15 +172,15 @@ class Guard:
 
     # -- what to guard -------------------------------------------------------------
     def _refresh_rules(self) -> None:
-        stamp = held.stamp()
+        stamp = in_force.stamp()
         if self.rules is not None and stamp == self.stamp:
             return
-        rules = held.read()
+        rules = in_force.read()
         if rules is None and self.rules is None:
             rules = self.adopt()
             if rules is not None:
-                held.record(rules)
-                stamp = held.stamp()
+                in_force.record(rules)
+                stamp = in_force.stamp()
         if rules is not None:
             from .portal import ends_of
 
@@ -201,7 +201,7 @@ class Guard:
             try:
                 from .legacywatch import Watcher
 
-                self.watcher = Watcher(self.families, kernel.proc_dir())
+                self.watcher = Watcher(self.families, state.proc_dir())
             except OSError as e:
                 self.say("warning", f"cannot look at the legacy tables ({e.strerror}): comparing every "
                                     f"{POLL_SECONDS:g} s")
@@ -280,7 +280,7 @@ class Guard:
                 self.portal_failed = ends
                 self.log("warning", f"the portal session's time is up; its rules could not be removed: {e}")
                 return
-            held.record(rules)
+            in_force.record(rules)
             portal.forget_ended()
             self._refresh_rules()
         self.log("info", "the portal session's time is up: its rules are removed")
@@ -320,10 +320,10 @@ class Guard:
 
     def _differences(self, family, dump, who) -> list:
         """The holes; harmless changes are reported once (not beside holes: they are put right too)."""
-        found = load.classified_differences(dump, self._target(family))
-        holes = [text for kind, text in found if kind == load.HOLE]
+        found = differences.classified_differences(dump, self._target(family))
+        holes = [text for kind, text in found if kind == differences.HOLE]
         if not holes:
-            harmless = [text for kind, text in found if kind != load.HOLE]
+            harmless = [text for kind, text in found if kind != differences.HOLE]
             if harmless and harmless != self.noted.get(family):
                 self.log("notice", f"{family}: changed by another program, harmless (the fence still decides "
                                    f"what leaves): {'; '.join(harmless)}{_by(who)}")
@@ -348,7 +348,7 @@ class Guard:
             try:
                 kernel.check_restored(restoring[family])
                 ms = (time.monotonic() - started) * 1000  # in force from here; the check below only confirms
-                problems = load.differences(kernel.save(family), self._target(family))
+                problems = differences.differences(kernel.save(family), self._target(family))
                 if problems:
                     raise VerifyError("; ".join(problems))
                 outcome = "repaired"
@@ -375,11 +375,7 @@ class Guard:
             if not running:
                 os.unlink(status_path())
                 return
-            os.makedirs(held.run_dir(), mode=0o755, exist_ok=True)
-            tmp = status_path() + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.facts, f)
-            os.replace(tmp, status_path())
+            state.write_atomic(status_path(), json.dumps(self.facts).encode())
         except OSError:
             pass
 

@@ -14,6 +14,7 @@ import os
 import select
 from collections import namedtuple
 
+from . import state
 from .errors import LoadError
 from .model import CHAIN_PREFIX, OUR_TABLES, our_chain
 from .render import TableState
@@ -36,13 +37,10 @@ class Dump(namedtuple("Dump", "tables counters")):
 Finished = namedtuple("Finished", "returncode stdout stderr")
 
 
-def proc_dir() -> str:
-    return os.environ.get("VPN_FIREWALL_PROC", "/proc")
-
 
 def ipv6_available() -> bool:
     """False when the kernel has no IPv6 at all (ipv6.disable=1): then ip6tables has nothing to guard."""
-    return os.path.exists(os.path.join(proc_dir(), "net", "if_inet6"))
+    return os.path.exists(os.path.join(state.proc_dir(), "net", "if_inet6"))
 
 
 def tool(family: str, suffix: str = "") -> str:
@@ -148,7 +146,7 @@ def other_backend_rules(primary: str) -> list:
     found = []
     for family in ("ip", "ip6"):
         if primary == "nft":
-            names = os.path.join(proc_dir(), "net", "ip_tables_names" if family == "ip" else "ip6_tables_names")
+            names = os.path.join(state.proc_dir(), "net", "ip_tables_names" if family == "ip" else "ip6_tables_names")
             try:
                 with open(names) as f:
                     if not f.read().strip():

@@ -7,71 +7,15 @@ what we meant, the lockdown ruleset is loaded, and if even that fails the built-
 policies are set to DROP one by one.
 """
 
-from . import held, kernel
+from . import in_force, kernel
+from .differences import differences
 from .errors import ConfigError, LoadError, VerifyError
-from .model import FENCE_TABLE, LOCKDOWN_COMMENT, OUR_TABLES, our_chain
-from .render import (as_printed, chains_declared, chains_of, expected_lines, render_load, render_unload,
-                     rendered, tables_used)
+from .model import LOCKDOWN_COMMENT, OUR_TABLES, our_chain
+from .render import as_printed, render_load, render_unload, rendered
 
-# Exit codes, worst last; documented in vpn-firewall(8).
-# Not 4-6: systemd names those NOPERMISSION, NOTINSTALLED, NOTCONFIGURED in its status lines.
-OK, KEPT, LOCKDOWN, OPEN = 0, 10, 11, 12
+from .exits import KEPT, LOCKDOWN, OK, OPEN
+
 OUTCOME_EXIT = {"loaded": OK, "kept": KEPT, "lockdown": LOCKDOWN, "open": OPEN}
-
-
-# What a difference between the kernel and our ruleset means. A HOLE can let something
-# out that the ruleset would not: the guard repairs it at once. Another tool's rules above
-# our jump in filter or nat (REORDERED), or a filter policy it opened (POLICY), cannot: our
-# chains end in a refusal and the fence drops what another tool accepted before them.
-HOLE, REORDERED, POLICY = "hole", "reordered", "policy"
-
-
-def classified_differences(dump, rules, printed=None) -> list:
-    """[(kind, text)]: how an iptables-save dump differs from `rules`: policies, jumps, our chains."""
-    state = kernel.table_states(dump)
-    printed = printed if printed is not None else rendered(rules)
-    found = []
-    for table in tables_used(rules, state):
-        policies, lines = dump.tables.get(table, ({}, {}))
-        ts = state[table]
-        expected = expected_lines(printed, table)
-        for builtin in chains_of(table, rules, state):
-            mine = our_chain(builtin)
-            if table == "filter" and policies.get(builtin) != "DROP":
-                found.append((POLICY, f"{table} {builtin} policy is {policies.get(builtin)}, not DROP"))
-            count = ts.jumps.get(builtin, 0)
-            if count == 0:
-                found.append((HOLE, f"{table} {builtin} does not jump to {mine}"))
-            elif count > 1:
-                found.append((HOLE, f"{table} {builtin} jumps to {mine} more than once"))
-            elif builtin not in ts.first:
-                kind = HOLE if table == FENCE_TABLE else REORDERED
-                found.append((kind, f"{table} {builtin} has other rules before its jump to {mine}"))
-        declared = chains_declared(table, rules, state)
-        for mine in declared:
-            got, want = lines.get(mine), expected.get(mine, [])
-            if got is None:
-                found.append((HOLE, f"{table} chain {mine} is missing"))
-            elif got != want:
-                first = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-                found.append((HOLE,
-                    f"{table} chain {mine} differs at rule {first + 1}: kernel has "
-                    f"{got[first] if first < len(got) else 'nothing'!r}, expected "
-                    f"{want[first] if first < len(want) else 'nothing'!r}"
-                ))
-        found += [(HOLE, f"{table} chain {c} should not be there") for c in sorted(ts.chains - set(declared))]
-    return found
-
-
-def differences(dump, rules, printed=None) -> list:
-    """The differences that matter right after our own load: all but where our jump stands
-    in filter and nat (a load leaves a jump that is there where it is)."""
-    return [text for kind, text in classified_differences(dump, rules, printed) if kind != REORDERED]
-
-
-def holes(dump, rules, printed=None) -> list:
-    """The differences that can let something out: what the guard repairs."""
-    return [text for kind, text in classified_differences(dump, rules, printed) if kind == HOLE]
 
 
 def _check(dump, rules, printed) -> None:
@@ -123,7 +67,7 @@ def _record(family: str, rules, say) -> None:
 
 def _record_all(changed: dict, say) -> None:
     try:
-        held.record(changed)
+        in_force.record(changed)
     except OSError as e:  # the rules are loaded all the same; only the guard cannot know them
         say("warning", f"{', '.join(changed)}: cannot record the rules in force for the guard: {e}")
 
@@ -198,12 +142,12 @@ def _apply(compile_ruleset, say) -> int:
     # Nothing recorded since boot (the first start): the kernel holds nothing of ours, most
     # likely, and the rules are rendered for that at once, not after reading it. If it did
     # hold something, the read-back shows it, and the family is loaded again the careful way.
-    fresh = held.stamp() is None
+    fresh = in_force.stamp() is None
     # Otherwise the kernel's state is read while the config compiles: the saves are processes of their own.
     reading = {} if fresh else {f: kernel.start_save(f) for f in fams}
     _warn_other_backend(say)
     try:
-        compiled, problem = compile_ruleset(), None
+        ruleset, problem = compile_ruleset(), None
     except (ConfigError, LoadError) as e:
         problem = str(e)
     except Exception as e:  # a bug must not leave the machine open either
@@ -218,7 +162,6 @@ def _apply(compile_ruleset, say) -> int:
         say("error", problem)
         outcomes = {f: _keep_or_lockdown(f, _loaded(f, loaded[f], say), say) for f in fams}
         return max(OUTCOME_EXIT[o] for o in outcomes.values())
-    ruleset = getattr(compiled, "ruleset", compiled)
 
     # The families side by side: each restore starts as soon as its text is printed, every
     # one before any is waited for; each read-back as soon as its own restore is done.
@@ -297,7 +240,7 @@ def unload(say) -> int:
             if left:
                 raise LoadError(f"chains still there after unload: {', '.join(left)}")
             say("warning", f"{family}: vpn-firewall unloaded: policies ACCEPT, traffic is NOT protected")
-            held.forget(family)
+            in_force.forget(family)
         except LoadError as e:
             say("error", f"{family}: unload failed: {e}")
             worst = KEPT

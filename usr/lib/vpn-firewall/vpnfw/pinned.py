@@ -6,31 +6,25 @@ moment it takes, and writes the addresses to /var/lib/vpn-firewall/pinned.json; 
 uses the addresses pinned last.
 """
 
-import os
 import time
 
-from . import kernel, values as V
+from . import kernel, state, values as V
 from .errors import LoadError
 
 ALLOWANCE_COMMENT = "vpn-firewall refresh"
 
 
 def state_file() -> str:
-    return os.path.join(os.environ.get("VPN_FIREWALL_STATE_DIR", "/var/lib/vpn-firewall"), "pinned.json")
+    return state.in_state_dir("pinned.json")
 
 
 def read_pins() -> dict:
     """name -> {"addresses": [...], "resolved": unix time}; empty when never refreshed."""
     import json  # only with host names: not on every boot's path
 
-    from . import cache
+    from . import inputs
 
-    try:
-        with open(state_file(), "rb") as f:
-            data = f.read()
-    except OSError:
-        data = None
-    cache.note_file(state_file(), data)
+    data = inputs.read_if_there(state_file())
     try:
         pins = json.loads(data) if data is not None else {}
         return pins if isinstance(pins, dict) else {}
@@ -80,17 +74,9 @@ def resolved(atom, kind, variables) -> list:
 def resolvers(settings) -> list:
     if settings.dns_servers:
         return [net.split("/")[0] for _, net in settings.dns_servers]
-    path = os.environ.get("VPN_FIREWALL_RESOLV_CONF", "/etc/resolv.conf")
-    found = []
-    try:
-        with open(path) as f:
-            for line in f:
-                words = line.split()
-                if len(words) >= 2 and words[0] == "nameserver":
-                    found.append(words[1].split("%")[0])
-    except OSError:
-        pass
-    return found
+    from .dnsquery import nameservers
+
+    return nameservers(state.resolv_conf())
 
 
 def _allowance(server: str, verb: str) -> str:
@@ -152,11 +138,4 @@ def refresh(settings, say, also=()) -> int:
 def _write(pins: dict) -> None:
     import json
 
-    path = state_file()
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(pins, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    state.write_atomic(state_file(), (json.dumps(pins, indent=1, sort_keys=True) + "\n").encode())

@@ -12,7 +12,7 @@ matching them, whatever happens to vpn-firewall.
 import os
 import time
 
-from . import values as V
+from . import state, values as V
 from .model import Rule
 
 DEFAULT_SECONDS = 300
@@ -40,19 +40,14 @@ def duration(text: str) -> int:
 
 
 def session_path() -> str:
-    return os.path.join(os.environ.get("VPN_FIREWALL_RUN_DIR", "/run/vpn-firewall"), "portal.json")
+    return state.in_run_dir("portal.json")
 
 
 def read_session(now=None):
     """The open session (a dict), or None: none, ended, or its time is up."""
-    from . import cache
+    from . import inputs
 
-    try:
-        with open(session_path(), "rb") as f:
-            data = f.read()
-    except OSError:
-        data = None
-    cache.note_file(session_path(), data)  # a cached compile is one without a session
+    data = inputs.read_if_there(session_path())  # a cached compile is one without a session
     if data is None:
         return None
     import json  # only with a session file: not on every boot's path
@@ -63,19 +58,14 @@ def read_session(now=None):
         return None
     if not isinstance(session, dict) or session.get("until", 0) <= (now or time.time()):
         return None
-    cache.uncacheable()  # a session is of the moment: a compile with it is never kept
+    inputs.never()  # a session is of the moment: a compile with it is never kept
     return session
 
 
 def write_session(session) -> None:
     import json
 
-    path = session_path()
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(session, f)
-    os.replace(tmp, path)
+    state.write_atomic(session_path(), json.dumps(session).encode())
 
 
 def end_session() -> None:
@@ -172,21 +162,13 @@ def remove_cgroup(directory: str) -> None:
 def lease_resolvers() -> list:
     """The network's own resolvers, from resolv.conf (systemd-resolved's upstream list if it
     runs); loopback stubs left out."""
-    found = []
-    for path in (os.environ.get("VPN_FIREWALL_RESOLV_CONF", "/etc/resolv.conf"), "/run/systemd/resolve/resolv.conf"):
-        try:
-            with open(path) as f:
-                for line in f:
-                    words = line.split()
-                    if len(words) >= 2 and words[0] == "nameserver":
-                        addr = words[1].split("%")[0]
-                        if not addr.startswith("127.") and addr != "::1" and addr not in found:
-                            found.append(addr)
-        except OSError:
-            continue
+    from .dnsquery import nameservers
+
+    for path in (state.resolv_conf(), "/run/systemd/resolve/resolv.conf"):
+        found = [a for a in nameservers(path) if not a.startswith("127.") and a != "::1"]
         if found:
-            break
-    return found
+            return found
+    return []
 
 
 # -- the run ------------------------------------------------------------------------------

@@ -4,16 +4,15 @@ The facts are gathered into one dict, printed for people or, with --json, for sc
 """
 
 import json
-import os
 import re
 import time
 
-from . import kernel, links, load
+from . import differences, kernel, links, load, state
 from .errors import ConfigError, LoadError
 from .model import BUILTIN_CHAINS, TUNNEL_FLOW_CHAIN, our_chain
 from .portal import COMMENT as PORTAL_COMMENT
 
-IN_SYNC, DIFFERENT, NOT_LOADED = 0, 1, 3  # DIFFERENT also: loaded, but no VPN server can be reached
+from .exits import DIFFERENT, IN_SYNC, NOT_LOADED
 LOG_LINE = re.compile(r"vpn-firewall blocked (\w+): (.*)")
 
 
@@ -42,7 +41,7 @@ def recent_blocked(limit: int = 10):
     """The latest 'vpn-firewall blocked' kernel log lines, parsed; None when no log is readable."""
     import subprocess
 
-    path = os.environ.get("VPN_FIREWALL_KERN_LOG")
+    path = state.kern_log()
     lines = None
     if path is None:
         try:
@@ -98,10 +97,10 @@ def gather(config_dir: str, compile_config) -> dict:
             code = max(code, NOT_LOADED)
             continue
         entry["state"] = "lockdown" if load.is_lockdown(dump) else "loaded"
-        found = load.classified_differences(dump, compiled.ruleset[family]) if compiled is not None else []
+        found = differences.classified_differences(dump, compiled.ruleset[family]) if compiled is not None else []
         # another tool's rules above our jump, or an opened policy, cannot let anything out
-        entry["harmless"] = [text for kind, text in found if kind != load.HOLE]
-        entry["differences"] = [text for kind, text in found if kind == load.HOLE]
+        entry["harmless"] = [text for kind, text in found if kind != differences.HOLE]
+        entry["differences"] = [text for kind, text in found if kind == differences.HOLE]
         entry["in_sync"] = compiled is not None and not entry["differences"]
         if entry["state"] == "lockdown" or not entry["in_sync"]:
             code = max(code, DIFFERENT)

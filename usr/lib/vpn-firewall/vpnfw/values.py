@@ -5,7 +5,6 @@ can never carry text of its own into the iptables-restore input (no spaces, quot
 newlines or option-like words).
 """
 
-import os
 import re
 from collections import namedtuple
 
@@ -207,14 +206,9 @@ class Services:
 
 
 def _read_services(path: str) -> dict:
-    from . import cache
+    from . import inputs
 
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        data = None
-    cache.note_file(path, data)
+    data = inputs.read_if_there(path)
     ports = {}
     for line in (data or b"").decode("utf-8", "replace").splitlines():
         fields = line.split("#", 1)[0].split()
@@ -291,24 +285,11 @@ def account(atom, kind: str) -> str:
         return str(int(text))
     if not _NAME.match(text):
         raise ConfigError(atom.pos, f"expected a {kind} name or number, got {text!r}")
+    from . import inputs
+
     try:
-        number = account_number(kind, text)
+        return inputs.account(kind, text)
     except KeyError:
         raise ConfigError(atom.pos, f"no such {kind} {text!r} on this system") from None
-    from . import cache
-
-    cache.note_account(kind, text, number)
-    return number
 
 
-def account_number(kind: str, name: str) -> str:
-    """The number of a user or group name (KeyError when there is none)."""
-    if kind == "user":
-        import pwd
-        return str(pwd.getpwnam(name).pw_uid)
-    import grp
-    return str(grp.getgrnam(name).gr_gid)
-
-
-def services_path() -> str:
-    return os.environ.get("VPN_FIREWALL_SERVICES", "/etc/services")

@@ -11,17 +11,13 @@ tuples of strings, and it costs nothing to import on the boot path; the file liv
 import marshal
 import os
 
-from .render import printed_form
-
+from . import state
 from .model import Printed
-
-
-def run_dir() -> str:
-    return os.environ.get("VPN_FIREWALL_RUN_DIR", "/run/vpn-firewall")
+from .render import printed_form
 
 
 def _path() -> str:
-    return os.path.join(run_dir(), "ruleset")
+    return state.in_run_dir("ruleset")
 
 
 def read():
@@ -52,11 +48,8 @@ def record(changed: dict) -> None:
 
 
 def _write(ruleset: dict) -> None:
-    os.makedirs(run_dir(), mode=0o755, exist_ok=True)
-    tmp = _path() + ".tmp"
-    with open(tmp, "wb") as f:
-        marshal.dump({family: [tuple(r) for r in printed_form(rules)] for family, rules in ruleset.items()}, f)
-    os.replace(tmp, _path())
+    state.write_atomic(_path(), marshal.dumps(
+        {family: [tuple(r) for r in printed_form(rules)] for family, rules in ruleset.items()}))
 
 
 def forget(family: str) -> None:
