@@ -293,7 +293,7 @@ def test_a_crash_while_loading_still_closes(tmp_path, netns):
             "VPN_FIREWALL_STATE_DIR='/tmp/vpn-firewall-test-state')\n"
             "from vpnfw import kernel, load, policy\n"
             "from vpnfw.settings import read_settings\n"
-            "from vpnfw.compiler import Variables\n"
+            "from vpnfw.variables import Variables\n"
             "def boom(dump): raise RuntimeError('bug in reading the rules')\n"
             "kernel.table_states = boom\n"
             "ruleset = lambda: policy.build(read_settings(Variables()), [])\n"

@@ -20,16 +20,6 @@ from .model import Rule
 from .parser import REFUSED, Atom, Bang, Call, Def, FuncDef, ListNode
 
 HEADER_ORDER = {"-s": 0, "-d": 1, "-i": 2, "-o": 3, "-p": 4, "-f": 5}
-LOG_LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4,
-              "warn": 4, "notice": 5, "info": 6, "debug": 7}
-REJECT_TYPES = {
-    V.IP: ("icmp-net-unreachable", "icmp-host-unreachable", "icmp-port-unreachable",
-           "icmp-proto-unreachable", "icmp-net-prohibited", "icmp-host-prohibited",
-           "icmp-admin-prohibited"),
-    V.IP6: ("icmp6-no-route", "icmp6-adm-prohibited", "icmp6-addr-unreachable",
-            "icmp6-port-unreachable"),
-}
-DEFAULT_REJECT = {V.IP: "icmp-port-unreachable", V.IP6: "icmp6-port-unreachable"}
 ALL_TARGETS = T.BASIC + tuple(T.TARGETS)
 NO_INPUT_INTERFACE = ("OUTPUT", "POSTROUTING")
 NO_OUTPUT_INTERFACE = ("INPUT", "PREROUTING")
@@ -53,101 +43,12 @@ class Scope(namedtuple("Scope", [
 ROOT = Scope(frozenset(V.FAMILIES), None, "filter", None, (), (), None, None, False)
 
 
-class Variables:
-    """Values of @def variables (an Atom, or a list of Atoms), functions, and which were used.
-
-    Top-level definitions are global (a later file's override an earlier one's, and rules
-    see the final value); a definition inside a block or a function's parameters hold in
-    that block only, as in ferm."""
-
-    def __init__(self):
-        self.values = {}
-        self.defined_at = {}
-        self.used = set()
-        self.functions = {}  # name ('&NAME') -> FuncDef, global
-        self.scopes = []  # innermost last: {'$NAME' or '&NAME': value}
-        self.auto = {}  # DOMAIN, TABLE, CHAIN where a value is read
-        self.warnings = []  # "file:line:col: warning: ..." lines
-        self.resolving = set()  # host names @resolve asked for: what `refresh` pins
-
-    def define(self, name: str, value, pos) -> None:
-        self.values[name] = value
-        self.defined_at[name] = pos
-
-    def define_local(self, name: str, value) -> None:
-        self.scopes[-1]["$" + name] = value
-
-    def function(self, call) -> FuncDef:
-        for scope in reversed(self.scopes):
-            if call.name in scope:
-                return scope[call.name]
-        if call.name in self.functions:
-            return self.functions[call.name]
-        raise ConfigError(call.pos, f"undefined function '{call.name}'")
-
-    def lookup(self, name: str, pos):
-        for scope in reversed(self.scopes):
-            if "$" + name in scope:
-                return scope["$" + name]
-        if name in self.values:
-            self.used.add(name)
-            return self.values[name]
-        if name in self.auto:
-            value = self.auto[name]
-            if value is None:
-                raise ConfigError(pos, f"'${name}' has no single value here (a rule for both domains, or "
-                                       "no chain yet): say 'domain ip' or 'domain ip6' first")
-            return Atom("word", value, pos)
-        raise ConfigError(pos, f"undefined variable '${name}'")
-
-    def is_defined(self, name: str) -> bool:
-        return name in self.values or any("$" + name in scope for scope in self.scopes)
-
-    def expand(self, atom) -> list:
-        """The atoms a value stands for: variables replaced, lists flattened, calls made."""
-        if isinstance(atom, ListNode):
-            out = []
-            for item in atom.items:
-                out.extend(self.expand(item))
-            return out
-        if isinstance(atom, Call):
-            from .functions import call_builtin
-
-            if atom.name.startswith("&"):
-                raise ConfigError(atom.pos, f"'{atom.name}' gives rules, not a value: call it where a rule "
-                                            "or a keyword may stand")
-            return call_builtin(self, atom)
-        if atom.kind == "qstring":
-            return [Atom("string", self.interpolate(atom), atom.pos)]
-        if atom.kind != "var":
-            return [atom]
-        value = self.lookup(atom.text, atom.pos)
-        return list(value) if isinstance(value, list) else [value]
-
-    def interpolate(self, atom) -> str:
-        """A double-quoted string with its $variables replaced (a list by its values and spaces)."""
-        import re
-
-        def value(m):
-            return " ".join(a.text for a in self.expand(Atom("var", m.group(1), atom.pos)))
-        return re.sub(r"\$([A-Za-z_][A-Za-z0-9_]*)", value, atom.text)
-
-    def evaluate(self, node) -> object:
-        """The value of a @def right-hand side, evaluated where it stands."""
-        expanded = self.expand(node)
-        if isinstance(node, Call):
-            return expanded[0] if len(expanded) == 1 else expanded
-        if isinstance(node, ListNode) or node.kind == "var" and isinstance(self.lookup(node.text, node.pos), list):
-            return expanded
-        return expanded[0]
-
-
 MAX_CALL_DEPTH = 32
 MAX_CALLS = 20000  # a config that would compile for ever is refused, not waited for at boot
 
 
 class Compiler:
-    def __init__(self, variables: Variables, services: V.Services):
+    def __init__(self, variables, services: V.Services):
         self.vars = variables
         self.services = services
         self.rules = []
@@ -166,7 +67,7 @@ class Compiler:
         self.subchains = {}  # (statement, generation, name) -> [inner scope, families]
 
     def compile(self, statements) -> list:
-        self._body(ROOT, statements, ())
+        self.body(ROOT, statements, ())
         for end, error in self.skipped.items():
             if end not in self.emitted:
                 raise error
@@ -186,7 +87,7 @@ class Compiler:
         self.warnings.append(f"{pos}: warning: {message}")
 
     # -- blocks: their own variables, '@if' ... '@else' -----------------------------------
-    def _body(self, scope: Scope, statements, path: tuple) -> None:
+    def body(self, scope: Scope, statements, path: tuple) -> None:
         self._blocks([scope], statements, path)
 
     def _blocks(self, scopes: list, statements, path: tuple) -> None:
@@ -198,7 +99,7 @@ class Compiler:
             last_if = None  # per scope: the families an '@if' statement was false for
             for child in statements:
                 if isinstance(child, Def):
-                    self._set_auto(scopes[0])
+                    self.set_auto(scopes[0])
                     self.vars.define_local(child.name, self.vars.evaluate(child.value))
                     continue
                 if isinstance(child, FuncDef):
@@ -216,10 +117,10 @@ class Compiler:
                     for k, scope in enumerate(scopes):
                         if is_else:
                             if last_if[k] & scope.families:
-                                self._walk(only(scope, last_if[k]), child, 1, path + (id(child.elements),))
+                                self.walk(only(scope, last_if[k]), child, 1, path + (id(child.elements),))
                             continue
                         self.if_false = None
-                        self._walk(scope, child, 0, path + (id(child.elements),))
+                        self.walk(scope, child, 0, path + (id(child.elements),))
                         results.append(self.if_false)
                     inner = self.collectors.pop(id(child))
                     later, self.deferred = self.deferred, deferred
@@ -234,13 +135,13 @@ class Compiler:
         finally:
             self.vars.scopes.pop()
 
-    def _set_auto(self, scope: Scope) -> None:
+    def set_auto(self, scope: Scope) -> None:
         """$DOMAIN, $TABLE and $CHAIN as ferm sets them, where a value is read."""
         domain = next(iter(scope.families)) if len(scope.families) == 1 else None
         self.vars.auto = {"DOMAIN": domain, "TABLE": scope.table, "CHAIN": ferm_chain(scope.chain)}
 
     # -- the walk over a statement's elements -------------------------------------------
-    def _walk(self, scope: Scope, stmt, i: int, path: tuple) -> None:
+    def walk(self, scope: Scope, stmt, i: int, path: tuple) -> None:
         elements = stmt.elements
         if i == len(elements):
             if stmt.body is None:
@@ -249,21 +150,21 @@ class Compiler:
             if id(stmt) in self.collectors:  # its block is made once all alternatives are known
                 self.collectors[id(stmt)].append(scope)
             else:
-                self._body(scope, stmt.body, path)
+                self.body(scope, stmt.body, path)
             return
         el = elements[i]
-        self._set_auto(scope)
+        self.set_auto(scope)
         if isinstance(el, Bang):
             flag = elements[i + 1] if i + 1 < len(elements) else None
             if isinstance(flag, Atom) and flag.kind == "word":
                 if flag.text in FLAG_KEYWORDS:
                     for inner, j in FLAG_KEYWORDS[flag.text](self, scope, elements, i + 2, flag, negated=True):
-                        self._walk(inner, stmt, j, path)
+                        self.walk(inner, stmt, j, path)
                     return
                 module = option_module(scope, flag.text)
                 if module and M.MODULES[module][flag.text].kind == "flag":
                     for inner, j in module_option(self, scope, elements, i + 2, flag, module, negated_flag=True):
-                        self._walk(inner, stmt, j, path)
+                        self.walk(inner, stmt, j, path)
                     return
             raise ConfigError(el.pos, "'!' must follow a keyword, as in 'daddr ! 192.0.2.1', or stand before "
                                       "a keyword without a value, as in '! syn'")
@@ -292,7 +193,7 @@ class Compiler:
         else:
             alternatives = handler(self, scope, elements, i + 1, el)
         for inner, j in alternatives:
-            self._walk(inner, stmt, j, path)
+            self.walk(inner, stmt, j, path)
 
     # -- functions of the user's ----------------------------------------------------------
     def _call(self, scope: Scope, stmt, i: int, path: tuple) -> None:
@@ -314,14 +215,14 @@ class Compiler:
         try:
             if fn.fragment is not None:  # its keywords stand in the calling rule
                 spliced = _substitute(fn.fragment, args)
-                self._walk(scope, stmt._replace(elements=stmt.elements[:i] + spliced + stmt.elements[i + 1:]),
+                self.walk(scope, stmt._replace(elements=stmt.elements[:i] + spliced + stmt.elements[i + 1:]),
                            i, path)
                 return
             if i != len(stmt.elements) - 1 or stmt.body is not None:
                 raise ConfigError(call.pos, f"{call.name} holds a block: it must end its rule, followed by ';'")
             self.vars.scopes.append({"$" + name: value for name, value in args.items()})
             try:
-                self._body(scope, fn.body, path)
+                self.body(scope, fn.body, path)
             finally:
                 self.vars.scopes.pop()
         finally:
@@ -367,7 +268,7 @@ class Compiler:
                                         f"(it belongs in {' or '.join(tables)})")
         if spec and spec.chains and not is_user_chain(scope.chain) and scope.chain not in spec.chains:
             raise ConfigError(atom.pos, f"{name} belongs in chain {' or '.join(spec.chains)}")
-        allowed = spec.options if spec else TARGET_OPTIONS.get(name, {})
+        allowed = spec.options if spec else {}
         options, j = {}, i + 1
         while j < len(elements):
             opt = elements[j]
@@ -396,28 +297,28 @@ class Compiler:
                 if scope.proto != "tcp" or scope.proto_negated:
                     raise ConfigError(reject_with.pos, "reject-with tcp-reset needs 'proto tcp' in the same rule")
             else:
-                fits = frozenset(f for f in V.FAMILIES if text in REJECT_TYPES[f])
+                fits = frozenset(f for f in V.FAMILIES if text in T.REJECT_TYPES[f])
                 if not fits:
                     raise ConfigError(reject_with.pos, f"unknown reject-with type {text!r}")
-                families = self._narrow(scope, families, fits, reject_with.pos, f"reject-with {text}", elements)
+                families = self.narrow(scope, families, fits, reject_with.pos, f"reject-with {text}", elements)
                 if families is None:
                     return
         if name in ("DNAT", "SNAT", "NETMAP") and "to" in options:
             fits = frozenset((T.nat_address_family(options["to"]),))
-            families = self._narrow(scope, families, fits, options["to"].pos, f"to {options['to'].text}", elements)
+            families = self.narrow(scope, families, fits, options["to"].pos, f"to {options['to'].text}", elements)
             if families is None:
                 return
         if spec:
-            fixed = spec.finish(options, atom.pos)
-            target_options = lambda family: fixed  # noqa: E731
+            fixed = spec.finish(options, atom.pos)  # the same for each family, or family -> options
+            target_options = (lambda family: fixed[family]) if isinstance(fixed, dict) else (lambda family: fixed)
             if name in ("MARK", "CONNMARK"):
                 self._warn_mark_bits(name, fixed, atom.pos)
         else:
-            target_options = lambda family: _target_options(name, family, options, reject_with)  # noqa: E731
-        self._emit(scope._replace(families=families), None if name == "NOP" else name, target_options,
+            target_options = lambda family: ()  # noqa: E731
+        self.emit(scope._replace(families=families), None if name == "NOP" else name, target_options,
                    atom, path)
 
-    def _emit(self, scope: Scope, target, target_options, at: Atom, path: tuple, goto: bool = False) -> None:
+    def emit(self, scope: Scope, target, target_options, at: Atom, path: tuple, goto: bool = False) -> None:
         """The rule the scope has built, once per family, with this target."""
         self._check_matches(scope, at)
         header = tuple(sorted(((n, f, v) for n, f, v, _ in scope.header), key=lambda h: HEADER_ORDER[h[1]]))
@@ -449,7 +350,7 @@ class Compiler:
                 and any(m == "owner" for m, _, _ in scope.matches)):
             raise ConfigError(target.pos, "'mod owner' works only in chain OUTPUT")
 
-    def _narrow(self, scope: Scope, families, fits, pos, what: str, elements):
+    def narrow(self, scope: Scope, families, fits, pos, what: str, elements):
         """Families left after a value that belongs to some only; None: skip this combination."""
         left = families & fits
         if left:
@@ -488,31 +389,6 @@ def _substitute(elements, args: dict) -> tuple:
     return tuple(sub(el) for el in elements)
 
 
-def _target_options(name: str, family: str, options: dict, reject_with) -> tuple:
-    if name == "REJECT":
-        return (("--reject-with", reject_with.text if reject_with else DEFAULT_REJECT[family]),)
-    if name == "LOG":
-        out = []
-        if "log-prefix" in options:
-            out.append(("--log-prefix", V.safe_text(options["log-prefix"], "a log-prefix", 29)))
-        if "log-level" in options:
-            level = _log_level(options["log-level"])
-            if level != 4:  # iptables-save leaves out the default
-                out.append(("--log-level", str(level)))
-        out += [(f"--{flag}", None) for flag in LOG_FLAGS if flag in options]
-        return tuple(out)
-    return ()
-
-
-def _log_level(atom) -> int:
-    text = atom.text.lower()
-    if text in LOG_LEVELS:
-        return LOG_LEVELS[text]
-    if text.isdigit() and int(text) <= 7:
-        return int(text)
-    raise ConfigError(atom.pos, f"expected a log-level (0-7 or a name such as warning, info), got {atom.text!r}")
-
-
 def _unknown_keyword(word: str) -> str:
     owners = [m for m, options in M.MODULES.items() if word in options]
     if owners:
@@ -521,7 +397,3 @@ def _unknown_keyword(word: str) -> str:
         return f"unknown directive {word!r}"
     return f"unknown keyword {word!r}"
 
-
-LOG_FLAGS = ("log-tcp-sequence", "log-tcp-options", "log-ip-options", "log-uid")
-TARGET_OPTIONS = {"REJECT": {"reject-with": "value"},
-                  "LOG": {"log-prefix": "value", "log-level": "value", **dict.fromkeys(LOG_FLAGS)}}

@@ -14,7 +14,7 @@ import stat
 from collections import namedtuple
 
 from . import inputs
-from .compiler import Variables
+from .variables import Variables
 from .errors import ConfigError, Pos
 from .parser import Def, FuncDef, Include, parse
 

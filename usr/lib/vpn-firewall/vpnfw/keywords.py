@@ -3,7 +3,11 @@
 modules, and the directives that steer the walk itself (@if, @subchain, policy, jump).
 
 The compiler (compiler.py) walks a statement's elements and calls these; they call back
-only what the compiler offers every keyword: values(), _narrow(), _emit(), _body(), warn().
+only the compiler's public interface: values() (a keyword's values), narrow() (a rule to
+fewer families), emit() (a rule out), body() and walk() (a block's statements, the rest of
+a statement), set_auto() (@subchain's protocol), warn(), and the state the directives share
+with it: vars, services, jumps, subchains, deferred, auto_chains, auto_names, emitted,
+generation, if_false.
 """
 
 import re
@@ -117,7 +121,7 @@ def _jump(c, scope, stmt, i: int, path: tuple) -> None:
             raise ConfigError(atom.pos, f"cannot {kw.text} to the built-in chain {atom.text}")
         chain = user_chain(atom)
         c.jumps += [(family, scope.table, chain, atom.pos) for family in scope.families]
-        c._emit(scope, our_chain(chain), lambda family: (), kw, path, goto=kw.text == "goto")
+        c.emit(scope, our_chain(chain), lambda family: (), kw, path, goto=kw.text == "goto")
 
 
 def _header(flag: str, parse):
@@ -129,7 +133,7 @@ def _header(flag: str, parse):
             value, fits = parse(atom)
             families = scope.families
             if fits is not None:
-                families = c._narrow(scope, families, fits, atom.pos, f"address {atom.text}", els)
+                families = c.narrow(scope, families, fits, atom.pos, f"address {atom.text}", els)
                 if families is None:
                     continue
             yield scope._replace(families=families, header=scope.header + ((negated, flag, value, kw.pos),)), j
@@ -146,7 +150,7 @@ def _interface(atom):
 
 
 def _fragment(c, scope, els, i, kw, negated=False):
-    families = c._narrow(scope, scope.families, frozenset((V.IP,)), kw.pos, "fragment (IPv4's -f)", els)
+    families = c.narrow(scope, scope.families, frozenset((V.IP,)), kw.pos, "fragment (IPv4's -f)", els)
     if families is not None:
         yield scope._replace(families=families, header=scope.header + ((negated, "-f", None, kw.pos),)), i
 
@@ -159,7 +163,7 @@ def _proto(c, scope, els, i, kw):
         proto = V.protocol(atom)
         families = scope.families
         if proto in V.PROTOCOL_FAMILY and not negated:
-            families = c._narrow(scope, families, frozenset((V.PROTOCOL_FAMILY[proto],)), atom.pos,
+            families = c.narrow(scope, families, frozenset((V.PROTOCOL_FAMILY[proto],)), atom.pos,
                                  f"proto {atom.text}", els)
             if families is None:
                 continue
@@ -290,7 +294,7 @@ def module_option(c, scope, els, i, kw, module: str, negated_flag: bool = False)
         value, fits = option.parse(group, context)
         families = scope.families
         if fits is not None:
-            families = c._narrow(scope, families, fits, group[0].pos, f"{kw.text} {group[0].text}", els)
+            families = c.narrow(scope, families, fits, group[0].pos, f"{kw.text} {group[0].text}", els)
             if families is None:
                 continue
         yield scope._replace(families=families,
@@ -352,10 +356,10 @@ def _if(c, scope, stmt, i: int, path: tuple) -> None:
         raise ConfigError(els[i].pos, "expected a condition after '@if'")
     holds, fails = set(), set()
     for family in sorted(scope.families):
-        c._set_auto(only(scope, (family,)))
+        c.set_auto(only(scope, (family,)))
         (holds if truth(c.vars.expand(els[i + 1])) else fails).add(family)
     if holds:
-        c._walk(only(scope, holds), stmt, i + 2, path)
+        c.walk(only(scope, holds), stmt, i + 2, path)
     c.if_false = frozenset(fails)
 
 
@@ -384,7 +388,7 @@ def _subchain(c, scope, stmt, i: int, path: tuple) -> None:
     if j != len(els) or stmt.body is None:
         raise ConfigError(kw.pos, f"'{kw.text}' is followed by a block: {kw.text} [\"NAME\"] {{ ... }}")
     chain = user_chain(name)
-    c._emit(scope, our_chain(chain), lambda family: (), kw, path, goto=kw.text == "@gotosubchain")
+    c.emit(scope, our_chain(chain), lambda family: (), kw, path, goto=kw.text == "@gotosubchain")
     key = (id(stmt.elements), c.generation, chain)
     if key in c.subchains:  # another alternative of the same rule: one chain for all of them
         c.subchains[key][1] |= scope.families
@@ -392,7 +396,7 @@ def _subchain(c, scope, stmt, i: int, path: tuple) -> None:
     inner = scope._replace(chain=chain, header=(), matches=(), module=None, proto=None, proto_negated=False,
                            auto_proto=None if scope.proto_negated else (scope.proto or scope.auto_proto))
     c.subchains[key] = entry = [inner, set(scope.families)]
-    c.deferred.append(lambda: c._body(entry[0]._replace(families=frozenset(entry[1])), stmt.body, path))
+    c.deferred.append(lambda: c.body(entry[0]._replace(families=frozenset(entry[1])), stmt.body, path))
 
 
 DIRECTIVES = {"@if": _if, "@else": _else_misplaced, "@subchain": _subchain, "@gotosubchain": _subchain,

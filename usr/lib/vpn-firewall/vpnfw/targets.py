@@ -1,5 +1,5 @@
-"""ferm's targets beyond ACCEPT, DROP, REJECT, LOG and RETURN: where each may stand, its
-options, and the form iptables-save prints them in (the loader verifies what it loaded).
+"""ferm's targets with options (ACCEPT, DROP, RETURN and NOP have none): where each may stand,
+its options, and the form iptables-save prints them in (the loader verifies what it loaded).
 """
 
 import re
@@ -11,7 +11,8 @@ from .matches import _dscp, _tos
 
 # tables: where the target may stand (None: any); chains: the built-in chains it may be in
 # (user chains are checked by the kernel when they are loaded); options: ferm keyword ->
-# (flag, parse or None for a flag); finish(options dict, pos) -> target_options
+# (flag, parse or None for a flag); finish(options dict, pos) -> target_options, or
+# family -> target_options where they differ by family
 Target = namedtuple("Target", "tables chains options finish")
 
 ALL_BITS = 0xFFFFFFFF
@@ -204,10 +205,55 @@ def _set_dscp(opts, pos):
     return (("--set-dscp", _dscp([atom], None)[0]),)
 
 
+# REJECT: the kinds of ICMP error each family has
+REJECT_TYPES = {
+    V.IP: ("icmp-net-unreachable", "icmp-host-unreachable", "icmp-port-unreachable",
+           "icmp-proto-unreachable", "icmp-net-prohibited", "icmp-host-prohibited",
+           "icmp-admin-prohibited"),
+    V.IP6: ("icmp6-no-route", "icmp6-adm-prohibited", "icmp6-addr-unreachable",
+            "icmp6-port-unreachable"),
+}
+DEFAULT_REJECT = {V.IP: "icmp-port-unreachable", V.IP6: "icmp6-port-unreachable"}
+
+
+def _reject(opts, pos):
+    """The compiler has checked reject-with against the rule's families and protocol."""
+    if "reject-with" in opts:
+        return (("--reject-with", opts["reject-with"].text),)
+    return {family: (("--reject-with", DEFAULT_REJECT[family]),) for family in V.FAMILIES}
+
+
+LOG_LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4,
+              "warn": 4, "notice": 5, "info": 6, "debug": 7}
+LOG_FLAGS = ("log-tcp-sequence", "log-tcp-options", "log-ip-options", "log-uid")
+
+
+def _log_level(atom) -> int:
+    text = atom.text.lower()
+    if text in LOG_LEVELS:
+        return LOG_LEVELS[text]
+    if text.isdigit() and int(text) <= 7:
+        return int(text)
+    raise ConfigError(atom.pos, f"expected a log-level (0-7 or a name such as warning, info), got {atom.text!r}")
+
+
+def _log(opts, pos):
+    out = []
+    if "log-prefix" in opts:
+        out.append(("--log-prefix", V.safe_text(opts["log-prefix"], "a log-prefix", 29)))
+    if "log-level" in opts:
+        level = _log_level(opts["log-level"])
+        if level != 4:  # iptables-save leaves out the default
+            out.append(("--log-level", str(level)))
+    return tuple(out + [(f"--{flag}", None) for flag in LOG_FLAGS if flag in opts])
+
+
 MANGLE = ("mangle",)
 FLAG = None
 VALUE = "value"
 TARGETS = {
+    "REJECT": Target(("filter",), None, {"reject-with": VALUE}, _reject),
+    "LOG": Target(None, None, {"log-prefix": VALUE, "log-level": VALUE, **dict.fromkeys(LOG_FLAGS, FLAG)}, _log),
     "DNAT": Target(("nat",), ("PREROUTING", "OUTPUT"), {"to": VALUE, "random": FLAG, "persistent": FLAG},
                    _to("--to-destination")),
     "SNAT": Target(("nat",), ("POSTROUTING", "INPUT"), {"to": VALUE, "random": FLAG, "persistent": FLAG},
@@ -232,8 +278,6 @@ TARGETS = {
     "NOTRACK": Target(("raw",), None, {}, _nothing),
     "CT": Target(("raw",), None, {"notrack": FLAG, "zone": VALUE}, _ct),
 }
-# ferm's own targets and the ones the compiler handles itself
-BASIC = ("ACCEPT", "DROP", "REJECT", "LOG", "RETURN", "NOP")
-# Where the basic ones may stand: DROP and REJECT are filter's (and, for DROP, mangle's and raw's).
-BASIC_TABLES = {"ACCEPT": None, "RETURN": None, "NOP": None, "LOG": None, "DROP": ("filter", "mangle", "raw"),
-                "REJECT": ("filter",)}
+# The targets without options (NOP: ferm's rule without a target), and where each may stand.
+BASIC = ("ACCEPT", "DROP", "RETURN", "NOP")
+BASIC_TABLES = {"ACCEPT": None, "RETURN": None, "NOP": None, "DROP": ("filter", "mangle", "raw")}
