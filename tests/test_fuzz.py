@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import write_config
 from vpnfw.pipeline import compile_config
 from vpnfw.errors import ConfigError
-from vpnfw.render import render_load
+from vpnfw.render import restore_input
 
 VALID = [
     "@def $VPN_SERVERS = (198.51.100.7:1194/udp 203.0.113.9:443/tcp [2001:db8::7]:1194/udp);\n"
@@ -60,7 +60,7 @@ def check(tmp_path, text):
         assert ERROR.match(str(e)), str(e)
         return None
     for family, rules in compiled.ruleset.items():
-        for line in render_load(rules, {}).splitlines():
+        for line in restore_input(rules, {}).splitlines():
             assert SAFE_LINE.match(line), line
     return compiled
 
@@ -114,6 +114,6 @@ def test_what_compiles_is_accepted_by_iptables_restore(tmp_path_factory, text):
         return
     for family, rules in compiled.ruleset.items():
         tool = "iptables-restore" if family == "ip" else "ip6tables-restore"
-        out = subprocess.run(["unshare", "-n", tool, "--test"], input=render_load(rules, {}),
+        out = subprocess.run(["unshare", "-n", tool, "--test"], input=restore_input(rules, {}),
                              capture_output=True, text=True)
         assert out.returncode == 0, out.stderr

@@ -135,7 +135,7 @@ def server_lines(config_dir, split):
     """family -> the restore lines printed, with the list split at `split` server rules."""
     from vpnfw import policy
     from vpnfw.pipeline import compile_config
-    from vpnfw.render import render_load
+    from vpnfw.render import restore_input
 
     saved = policy.SERVER_LIST_SPLIT
     policy.SERVER_LIST_SPLIT = split
@@ -143,7 +143,7 @@ def server_lines(config_dir, split):
         ruleset = compile_config(config_dir).ruleset
     finally:
         policy.SERVER_LIST_SPLIT = saved
-    return {family: render_load(rules, {}).splitlines() for family, rules in ruleset.items()}
+    return {family: restore_input(rules, {}).splitlines() for family, rules in ruleset.items()}
 
 
 @pytest.mark.parametrize("seed, n", [(1, 100), (2, 300), (3, 2000), (4, 6000)])

@@ -120,7 +120,7 @@ def broken_start(bed):
     time.sleep(1)
     bed.stop("flooder")
     status = bed.loader("status")
-    obs = {"lockdown": "LOCKDOWN" in status.stdout, "start exited 5": bed.start_code == 5}
+    obs = {"lockdown": "LOCKDOWN" in status.stdout, "start exited 11": bed.start_code == 11}
     return obs, {k: True for k in obs}, NOTHING
 
 

@@ -16,7 +16,7 @@ import sys
 
 from . import inputs, state
 from .model import Printed
-from .render import printed_form
+from .render import to_printed
 
 FORMAT = 1
 
@@ -64,7 +64,7 @@ def store(config_dir: str, record, ruleset, warnings) -> None:
     if record is None or any(entry[0] == "never" for entry in record):
         return
     data = {"key": _key(config_dir), "inputs": record,
-            "ruleset": {family: [tuple(rule) for rule in printed_form(rules)] for family, rules in ruleset.items()},
+            "ruleset": {family: [tuple(rule) for rule in to_printed(rules)] for family, rules in ruleset.items()},
             "warnings": list(warnings)}
     try:
         state.write_atomic(path(), marshal.dumps(data), mode=0o600)

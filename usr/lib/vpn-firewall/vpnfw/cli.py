@@ -19,7 +19,7 @@ def say(level: str, message: str) -> None:
         sys.stderr.write(f"vpn-firewall: {level}: {message}\n")
 
 
-def tell(kind: str, text: str) -> None:
+def print_warning(kind: str, text: str) -> None:
     """What a compile says: a config warning as it is ('raw'), anything else through say()."""
     if kind == "raw":
         sys.stderr.write(text + "\n")
@@ -31,7 +31,7 @@ def compile_config(config_dir: str, quiet: bool = False):
     """The pipeline's compile, its warnings said here unless quiet."""
     from .pipeline import compile_config as compiled
 
-    return compiled(config_dir, None if quiet else tell)
+    return compiled(config_dir, None if quiet else print_warning)
 
 
 class RulesLock:
@@ -73,7 +73,7 @@ def cmd_start(args) -> int:
     prepared = []
 
     def ruleset():  # called by apply, while the kernel's state is read
-        prepared.append(StartCompile(args.config_dir, tell))
+        prepared.append(StartCompile(args.config_dir, print_warning))
         return prepared[0].ruleset
     with RulesLock():
         code = load.apply(ruleset, say)
@@ -106,7 +106,7 @@ def cmd_refresh(args) -> int:
 
 def cmd_check(args) -> int:
     from . import kernel
-    from .render import render_load
+    from .render import restore_input
 
     ruleset = compiled_or_say(args.config_dir)
     if ruleset is None:
@@ -114,7 +114,7 @@ def cmd_check(args) -> int:
     if os.geteuid() == 0:
         try:
             for family in ruleset:
-                kernel.restore(family, render_load(ruleset[family], {}), test=True)
+                kernel.restore(family, restore_input(ruleset[family], {}), test=True)
         except LoadError as e:
             say("error", str(e))
             return CONFIG_ERROR
@@ -127,7 +127,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .render import render_load
+    from .render import restore_input
 
     ruleset = compiled_or_say(args.config_dir)
     if ruleset is None:
@@ -136,7 +136,7 @@ def cmd_show(args) -> int:
     for family, rules in ruleset.items():
         tool = "iptables" if family == "ip" else "ip6tables"
         out.append(f"# {family}: {tool}-restore --noflush\n")
-        out.append(render_load(rules, {}))
+        out.append(restore_input(rules, {}))
     sys.stdout.write("".join(out))
     return 0
 
@@ -265,7 +265,9 @@ def cmd_portal(args) -> int:
     def reload():
         with RulesLock():
             return load.apply(lambda: compile_config(args.config_dir, quiet=True).ruleset, say)
-    return portal.session(args.run, seconds, dns, reload, RulesLock, say)
+    from .portal_run import session
+
+    return session(args.run, seconds, dns, reload, RulesLock, say)
 
 
 COMMANDS = {

@@ -6,7 +6,7 @@ say). Pure: an iptables-save dump (kernel.parse_save) and the rules in, texts ou
 
 from . import kernel
 from .model import FENCE_TABLE, our_chain
-from .render import chains_declared, chains_of, expected_lines, rendered, tables_used
+from .render import chains_declared, chains_of, expected_lines, with_lines, tables_used
 
 
 # What a difference between the kernel and our ruleset means. A HOLE can let something
@@ -19,7 +19,7 @@ HOLE, REORDERED, POLICY = "hole", "reordered", "policy"
 def classified_differences(dump, rules, printed=None) -> list:
     """[(kind, text)]: how an iptables-save dump differs from `rules`: policies, jumps, our chains."""
     state = kernel.table_states(dump)
-    printed = printed if printed is not None else rendered(rules)
+    printed = printed if printed is not None else with_lines(rules)
     found = []
     for table in tables_used(rules, state):
         policies, lines = dump.tables.get(table, ({}, {}))

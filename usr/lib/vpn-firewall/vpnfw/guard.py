@@ -24,7 +24,7 @@ import time
 
 from . import differences, in_force, kernel, load, state
 from .errors import LoadError, VerifyError
-from .render import render_load
+from .render import restore_input
 
 NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
@@ -342,7 +342,7 @@ class Guard:
         """Every broken family's rules restored side by side, then each verified; a family
         that cannot be repaired gets the lockdown and a retry later."""
         started = time.monotonic()
-        restoring = {f: kernel.start_restore(f, render_load(self._target(f), kernel.table_states(dump)))
+        restoring = {f: kernel.start_restore(f, restore_input(self._target(f), kernel.table_states(dump)))
                      for f, (dump, _) in broken.items()}
         for family, (dump, holes) in broken.items():
             try:

@@ -13,7 +13,7 @@ import os
 
 from . import state
 from .model import Printed
-from .render import printed_form
+from .render import to_printed
 
 
 def _path() -> str:
@@ -49,7 +49,7 @@ def record(changed: dict) -> None:
 
 def _write(ruleset: dict) -> None:
     state.write_atomic(_path(), marshal.dumps(
-        {family: [tuple(r) for r in printed_form(rules)] for family, rules in ruleset.items()}))
+        {family: [tuple(r) for r in to_printed(rules)] for family, rules in ruleset.items()}))
 
 
 def forget(family: str) -> None:

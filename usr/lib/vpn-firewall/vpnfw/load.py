@@ -11,7 +11,7 @@ from . import in_force, kernel
 from .differences import differences
 from .errors import ConfigError, LoadError, VerifyError
 from .model import LOCKDOWN_COMMENT, OUR_TABLES, our_chain
-from .render import as_printed, render_load, render_unload, rendered
+from .render import restore_input, to_printed, unload_input, with_lines
 
 from .exits import KEPT, LOCKDOWN, OK, OPEN
 
@@ -25,8 +25,8 @@ def _check(dump, rules, printed) -> None:
 
 
 def _load_verified(family: str, rules, state: dict) -> None:
-    printed = rendered(rules)
-    kernel.restore(family, render_load(rules, state, printed))
+    printed = with_lines(rules)
+    kernel.restore(family, restore_input(rules, state, printed))
     _check(kernel.save(family), rules, printed)
 
 
@@ -167,8 +167,8 @@ def _apply(compile_ruleset, say) -> int:
     # one before any is waited for; each read-back as soon as its own restore is done.
     printed, restoring = {}, {}
     for family in fams:
-        printed[family] = rendered(ruleset[family])
-        restoring[family] = kernel.start_restore(family, render_load(ruleset[family], states[family], printed[family]))
+        printed[family] = with_lines(ruleset[family])
+        restoring[family] = kernel.start_restore(family, restore_input(ruleset[family], states[family], printed[family]))
     verifying, outcomes, verified = {}, {}, {}
     for family in fams:
         try:
@@ -183,11 +183,11 @@ def _apply(compile_ruleset, say) -> int:
             if fresh and differences(dump, ruleset[family], printed[family]):
                 # it held something after all (another tool restored chains of ours at boot):
                 # load the family again, rendered for what it holds
-                kernel.restore(family, render_load(ruleset[family], kernel.table_states(dump), printed[family]))
+                kernel.restore(family, restore_input(ruleset[family], kernel.table_states(dump), printed[family]))
                 dump = kernel.save(family)
             _check(dump, ruleset[family], printed[family])
             outcomes[family] = "loaded"
-            verified[family] = as_printed(printed[family])
+            verified[family] = to_printed(ruleset[family], printed[family])
         except VerifyError as e:
             say("error", f"{family}: {e}")
             outcomes[family] = lockdown(family, say)
@@ -234,7 +234,7 @@ def unload(say) -> int:
     for family in families():
         try:
             state = kernel.table_states(kernel.save(family))
-            kernel.restore(family, render_unload(state))
+            kernel.restore(family, unload_input(state))
             dump = kernel.save(family)
             left = [c for t in OUR_TABLES for c in dump.tables.get(t, ({}, {}))[0] if c.startswith("VPNFW-")]
             if left:

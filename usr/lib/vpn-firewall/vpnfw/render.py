@@ -90,23 +90,21 @@ def _jump_lines(table: str, builtin: str, ts: TableState) -> list:
     return [f"-D {builtin} -j {our_chain(builtin)}"] * count + [f"-I {builtin} 1 -j {our_chain(builtin)}"]
 
 
-def rendered(rules) -> list:
+def with_lines(rules) -> list:
     """(rule, its line) for every rule, printed once for both loading and verifying; a
     Printed rule (recorded or cached) brings its line along."""
     return [(r, r.line) if type(r) is Printed else (r, rule_line(r)) for r in rules]
 
 
-def as_printed(pairs) -> list:
-    """(rule, line) pairs as Printed rules: (table, chain, line) each, for recording."""
+def to_printed(rules, pairs=None) -> list:
+    """The rules as Printed rules, (table, chain, line) each, for recording; pairs: their
+    with_lines(), when it was taken already."""
+    pairs = pairs if pairs is not None else with_lines(rules)
     return [r if type(r) is Printed else Printed(r.table, r.chain, line) for r, line in pairs]
 
 
-def printed_form(rules) -> list:
-    return as_printed(rendered(rules))
-
-
 def expected_lines(lines, table: str) -> dict:
-    """our chain -> its rule lines, as iptables-save should print them; `lines` from rendered()."""
+    """our chain -> its rule lines, as iptables-save should print them; `lines` from with_lines()."""
     out = {}
     for r, line in lines:
         if r.table == table:
@@ -123,9 +121,9 @@ def chains_declared(table: str, rules, state: dict) -> list:
     return ours
 
 
-def render_load(rules, state: dict, lines=None) -> str:
+def restore_input(rules, state: dict, lines=None) -> str:
     """The restore input that makes the kernel hold exactly `rules` in our chains."""
-    printed = lines if lines is not None else rendered(rules)
+    printed = lines if lines is not None else with_lines(rules)
     lines = []
     for table in tables_used(rules, state):
         ts = state.get(table, NOTHING)
@@ -144,7 +142,7 @@ def render_load(rules, state: dict, lines=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_unload(state: dict) -> str:
+def unload_input(state: dict) -> str:
     """The restore input that removes every chain of ours and opens the filter policies."""
     lines = []
     for table, ts in state.items():
