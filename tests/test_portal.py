@@ -233,8 +233,11 @@ def test_the_guard_takes_an_ended_sessions_rules_out(pki):
         while portal_rules(bed) and time.time() < deadline:
             time.sleep(0.1)
         assert portal_rules(bed) == [], "the guard took them out"
-        time.sleep(0.2)  # the file goes right after the rules
-        assert not os.path.exists(os.path.join(bed.env["VPN_FIREWALL_RUN_DIR"], "portal.json"))
+        session_file = os.path.join(bed.env["VPN_FIREWALL_RUN_DIR"], "portal.json")
+        deadline = time.time() + 3  # the file goes once both families are done
+        while os.path.exists(session_file) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(session_file)
         status = bed.loader("status")
         assert "ip: loaded, the same as the config compiles to" in status.stdout, status.stdout
         bed.in_ns(bed.client, ["iptables", "-F", "VPNFW-OUTPUT"])  # and it still guards
