@@ -15,6 +15,32 @@ SHIPPED_CONFIG = os.path.join(ROOT, "etc", "vpn-firewall")
 sys.path.insert(0, LIBDIR)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+BACKENDS = ["nft", "legacy"]  # the iptables backends every kernel test runs with
+E2E = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e")
+sys.path.insert(0, E2E)
+
+
+@pytest.fixture(autouse=True)
+def own_state(tmp_path_factory, monkeypatch):
+    """Each test its own run and state directories and lock: nothing carries from one test to
+    the next, tests may run side by side, and none writes this machine's /run or /var/lib."""
+    where = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("VPN_FIREWALL_RUN_DIR", str(where / "run"))
+    monkeypatch.setenv("VPN_FIREWALL_STATE_DIR", str(where / "state"))
+    monkeypatch.setenv("VPN_FIREWALL_LOCK", str(where / "lock"))
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    return where
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """(work directory, PKI): a throwaway CA, server and client certificates for OpenVPN."""
+    if not shutil.which("openvpn"):
+        pytest.skip("needs openvpn")
+    import testbed
+
+    work = tmp_path_factory.mktemp("pki")
+    return str(work), testbed.PKI(str(work))
 
 
 def write_config(directory, files: dict) -> str:
@@ -46,11 +72,7 @@ def run_loader(args, env=None, netns=None, timeout=60):
     argv = [sys.executable, LOADER] + list(args)
     if netns:
         argv = [shutil.which("ip"), "netns", "exec", netns] + argv
-    full_env = dict(os.environ)
-    full_env.pop("JOURNAL_STREAM", None)
-    full_env["VPN_FIREWALL_LOCK"] = "/tmp/vpn-firewall-test.lock"
-    full_env["VPN_FIREWALL_RUN_DIR"] = "/tmp/vpn-firewall-test-run"
-    full_env["VPN_FIREWALL_STATE_DIR"] = "/tmp/vpn-firewall-test-state"  # never this machine's /var/lib
+    full_env = dict(os.environ)  # with this test's own run and state directories (own_state)
     full_env.update(env or {})
     return subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=timeout)
 

@@ -1,5 +1,6 @@
 """The command line: check, show, usage and exit codes (the kernel is not touched here)."""
 
+import os
 import subprocess
 import sys
 
@@ -128,3 +129,25 @@ def test_show_into_a_pipe_closed_early_is_quiet(tmp_path):
     out = subprocess.run(f"{sys.executable} {LOADER} --config-dir {conf} show | true; echo ${{PIPESTATUS[0]}}",
                          shell=True, executable="/bin/bash", capture_output=True, text=True)
     assert (out.stdout, out.stderr) == ("0\n", "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file another user's")
+def test_a_user_may_check_a_config_of_their_own_but_root_trusts_only_roots(tmp_path):
+    """Only root loads rules, so root trusts only root's files; a user checking a config in
+    their home trusts their own (make test-unit runs as a user)."""
+    import shutil
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="vpnfw-user-")  # pytest's own directories are root's only
+    try:
+        os.chmod(home, 0o755)
+        conf = write_config(os.path.join(home, "c"), {"30_user.conf": EXAMPLE})
+        for path in (conf, os.path.join(conf, "30_user.conf")):
+            os.chown(path, 65534, 65534)
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                              LOADER, "--config-dir", conf, "check"], capture_output=True, text=True)
+        assert out.returncode == 0 and "configuration OK" in out.stdout, out.stderr
+        out = run_loader(["--config-dir", conf, "check"])
+        assert out.returncode == 3 and "the config directory is owned by uid 65534, not root" in out.stderr
+    finally:
+        shutil.rmtree(home)

@@ -7,23 +7,16 @@ import sys
 
 import pytest
 
-from conftest import needs_root
+from conftest import BACKENDS, needs_root
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
 import cases as C  # noqa: E402
-import testbed as T  # noqa: E402
 
 pytestmark = [needs_root, pytest.mark.skipif(not shutil.which("openvpn"), reason="needs openvpn")]
 ROWS = []  # printed as a table at the end of the session (conftest.py)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e")
-    return str(work), T.PKI(str(work))
-
-
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", list(C.CASES))
 def test_leak_matrix(pki, case, backend):
     workdir, certs = pki

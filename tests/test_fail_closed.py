@@ -149,8 +149,6 @@ def test_missing_iptables_says_so_and_exits_6(tmp_path, netns):
 def test_a_crash_while_compiling_leaves_the_lockdown(tmp_path, netns):
     ns = netns("crash")
     code = (f"import os, sys; sys.path.insert(0, {LIBDIR!r})\n"
-            "os.environ.update(VPN_FIREWALL_RUN_DIR='/tmp/vpn-firewall-test-run', "
-            "VPN_FIREWALL_STATE_DIR='/tmp/vpn-firewall-test-state')\n"
             "from vpnfw import load\n"
             "def boom(): raise RuntimeError('bug in the compiler')\n"
             "sys.exit(load.apply(boom, lambda level, msg: print(level, msg, file=sys.stderr)))\n")
@@ -208,8 +206,7 @@ def _closed(ns, family):
 
 def _kill_during(ns, conf, delay):
     import time
-    env = dict(os.environ, VPN_FIREWALL_LOCK="/tmp/vpn-firewall-test.lock", VPN_FIREWALL_RUN_DIR="/tmp/vpn-firewall-test-run",
-               VPN_FIREWALL_STATE_DIR="/tmp/vpn-firewall-test-state")
+    env = dict(os.environ)  # this test's own run and state directories (conftest's own_state)
     proc = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, LOADER, "--config-dir", conf, "start"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(delay)
@@ -289,8 +286,6 @@ def test_a_crash_while_loading_still_closes(tmp_path, netns):
     machine open: the load fails closed, down to the DROP policies."""
     ns = netns("crash2")
     code = (f"import os, sys; sys.path.insert(0, {LIBDIR!r})\n"
-            "os.environ.update(VPN_FIREWALL_RUN_DIR='/tmp/vpn-firewall-test-run', "
-            "VPN_FIREWALL_STATE_DIR='/tmp/vpn-firewall-test-state')\n"
             "from vpnfw import kernel, load, policy\n"
             "from vpnfw.settings import read_settings\n"
             "from vpnfw.variables import Variables\n"

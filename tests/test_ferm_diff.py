@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import needs_root, rules_of
+from conftest import BACKENDS, needs_root, rules_of
 from vpnfw.compiler import Compiler
 from vpnfw.config import read_config
 from vpnfw.model import USER_CHAIN, our_chain
@@ -136,7 +136,7 @@ EXAMPLES_DIR = "/usr/share/doc/ferm/examples"
 EXAMPLES = ["dmz_router", "dsl_router", "fileserver", "ipv6", "webserver", "workstation"]
 
 
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_ferm_examples_load_as_ferm_loads_them(tmp_path, netns, example, backend):
     source = os.path.join(EXAMPLES_DIR, f"{example}.ferm")
@@ -255,7 +255,7 @@ CORPUS = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("number", range(len(CORPUS)), ids=lambda n: CORPUS[n][:60])
 def test_corpus_of_ferm_constructs_loads_as_ferm_loads_it(tmp_path, netns, number, backend):
     conf, path = write_rules(tmp_path, CORPUS[number] + "\n")

@@ -3,13 +3,12 @@ reloaded and unloaded with nothing left behind, both backends; and none of the n
 constructs opens the machine where the user did not write an ACCEPT."""
 
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import LOADER, needs_root
+from conftest import BACKENDS, LOADER, needs_root
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
 import testbed as T  # noqa: E402
@@ -39,7 +38,7 @@ def save(ns_env, tool):
 
 
 @pytest.mark.skipif(not os.path.exists(EXAMPLE), reason="needs ferm's examples")
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_ferm_file_loads_verifies_reloads_and_unloads_cleanly(tmp_path, netns, backend):
     conf = tmp_path / "conf"
     conf.mkdir()
@@ -83,14 +82,6 @@ table mangle chain OUTPUT MARK set-mark 0x10000000;
 table raw chain OUTPUT CT notrack;
 table mangle chain OUTPUT CONNMARK set-mark 0;
 """
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    if not shutil.which("openvpn"):
-        pytest.skip("needs openvpn")
-    work = tmp_path_factory.mktemp("fermload")
-    return str(work), T.PKI(str(work))
 
 
 @pytest.mark.parametrize("firewall", [True, False], ids=["vpn-firewall", "no-firewall"])

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from conftest import needs_root
+from conftest import BACKENDS, needs_root
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "e2e"))
@@ -32,7 +32,6 @@ LAN_CONFIG = f"""\
 @def $VPN_SERVERS = ({INTERNET_V4}:1194/udp [{INTERNET_V6}]:1194/udp);
 @def $VPN_INTERFACES = (tun+);
 """
-BACKENDS = ["nft", "legacy"]
 FIXED = pytest.mark.parametrize("fixed", [True, False], ids=["vpn-firewall", "without-the-fix"])
 
 pytestmark = [needs_root]
@@ -354,12 +353,6 @@ def test_a_solicitation_from_an_off_link_source_gets_no_answer_sent_off_link(lan
 
 
 # -- 3. spoofed packets of tunnel flows, a LAN host's probe of the tunnel address -------------
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    work = tmp_path_factory.mktemp("hardening")
-    return str(work), T.PKI(str(work))
-
-
 def _bed(pki, backend, config=T.BASE_CONFIG):
     bed = T.Testbed(pki[0], pki[1], backend=backend, config=config)
     bed.up()

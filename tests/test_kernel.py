@@ -6,10 +6,9 @@ import sys
 
 import pytest
 
-from conftest import backend_path, needs_root, rules_of, run_loader, write_config
+from conftest import BACKENDS, backend_path, needs_root, rules_of, run_loader, write_config
 
 pytestmark = needs_root
-BACKENDS = ["nft", "legacy"]
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netprobe.py")
 
 EXAMPLE = """\

@@ -15,12 +15,6 @@ import testbed as T  # noqa: E402
 pytestmark = [needs_root, pytest.mark.skipif(not shutil.which("openvpn"), reason="needs openvpn")]
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    work = tmp_path_factory.mktemp("leaktest")
-    return str(work), T.PKI(str(work))
-
-
 def leak_test(bed):
     return bed.in_ns(bed.client, [sys.executable, LOADER, "--config-dir", bed.confdir, "leak-test"], check=False)
 

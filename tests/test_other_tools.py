@@ -19,13 +19,12 @@ import time
 
 import pytest
 
-from conftest import needs_root
+from conftest import BACKENDS, needs_root
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
 import testbed as T  # noqa: E402
 
 pytestmark = needs_root
-BACKENDS = ["nft", "legacy"]
 NET = "10.99.0.0/24"  # the "container" network behind lan0
 
 DOCKER = [  # per bridge network, in the order the daemon runs them (each -I goes to the top)
@@ -329,18 +328,11 @@ def test_status_tells_a_harmless_reordering_from_a_hole_and_shows_the_guard(tmp_
 RECIPE = T.BASE_CONFIG + "@def $GATEWAY_INTERFACES = (lan+);\n@def $GATEWAY_MASQUERADE = no;\n"  # Docker masquerades
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    if not shutil.which("openvpn"):
-        pytest.skip("needs openvpn")
-    return T.PKI(str(tmp_path_factory.mktemp("pki")))
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_containers_reach_the_world_only_through_the_tunnel(tmp_path, pki, backend):
     """The recipe of the man page: the bridge as an internal interface ($GATEWAY_INTERFACES, a
     pattern), Docker's rules above ours. VPN up: through the tunnel; VPN killed: nothing out."""
-    bed = _bed(tmp_path, backend, config=RECIPE, pki=pki)
+    bed = _bed(tmp_path, backend, config=RECIPE, pki=pki[1])
     try:
         apply(bed, DOCKER)
         seen = bed.probe("http", T.WEB_V4, 80, ns=bed.lan)

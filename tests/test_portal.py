@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import needs_root
+from conftest import BACKENDS, needs_root
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
 import testbed as T  # noqa: E402
@@ -80,12 +80,11 @@ while time.time() - start < seconds:
 """
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    work = tmp_path_factory.mktemp("portal")
-    yield str(work), T.PKI(str(work))
-    # the sessions' cgroups are gone; their parent, which the portal keeps, goes too
-    sys.path.insert(0, os.path.join(os.path.dirname(T.LOADER)))
+@pytest.fixture(scope="module", autouse=True)
+def portal_cgroups():
+    """The sessions' cgroups are gone after each test; their parent, which the portal keeps,
+    goes after the last."""
+    yield
     from vpnfw.portal_run import CGROUP_PARENT, cgroup2_mount
     parent = os.path.join(cgroup2_mount(), CGROUP_PARENT)
     for name in os.listdir(parent) if os.path.isdir(parent) else []:
@@ -106,7 +105,7 @@ def portal_rules(bed):
     return [line for line in bed.in_ns(bed.client, ["iptables-save"]).stdout.splitlines() if "portal" in line]
 
 
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_only_the_command_gets_out_and_only_on_http_https_and_dns(pki, tmp_path, backend):
     bed = T.Testbed(pki[0], pki[1], backend=backend)
     try:

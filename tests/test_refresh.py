@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import needs_root
+from conftest import BACKENDS, needs_root
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
 import testbed as T  # noqa: E402
@@ -17,7 +17,7 @@ pytestmark = [needs_root, pytest.mark.skipif(not shutil.which("openvpn"), reason
 CONFIG = T.BASE_CONFIG.replace(f"{T.ROUTER_V4}:{T.VPN_PORT}/udp", f"vpn.example.net:{T.VPN_PORT}/udp")
 
 
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_refresh_pins_and_the_vpn_connects(tmp_path, backend):
     work = str(tmp_path)
     os.chmod(work, 0o755)

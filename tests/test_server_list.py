@@ -10,9 +10,8 @@ import sys
 
 import pytest
 
-from conftest import backend_path, needs_root, rules_of, run_loader, write_config
+from conftest import BACKENDS, backend_path, needs_root, rules_of, run_loader, write_config
 
-BACKENDS = ["nft", "legacy"]
 
 # the servers: every third address of two /24s (so that neighbours lie inside the ranges),
 # v4 and v6, tcp on a port of their own; and a few udp ones

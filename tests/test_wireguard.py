@@ -26,7 +26,7 @@ import uuid
 
 import pytest
 
-from conftest import needs_root, write_config
+from conftest import BACKENDS, needs_root, write_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADER = os.path.join(HERE, "..", "usr", "lib", "vpn-firewall", "vpn-firewall")
@@ -145,7 +145,7 @@ class WireGuardBed:
                 pass
 
 
-@pytest.mark.parametrize("backend", ["nft", "legacy"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_wg_quick_full_tunnel_works_both_ways_under_strict_rp_filter(tmp_path, backend):
     bed = WireGuardBed(tmp_path, backend)
     save = "iptables-save" if backend == "nft" else "iptables-legacy-save"
