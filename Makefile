@@ -83,7 +83,7 @@ lint: deb
 	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_package.py
 
 test-unit:
-	$(PYTHON) -m pytest -q tests/test_language.py tests/test_cli.py tests/test_running.py tests/test_fuzz.py
+	$(PYTHON) -m pytest -q tests/test_language.py tests/test_cli.py tests/test_running.py tests/test_fuzz.py tests/test_pure.py
 
 # Every layer: language, kernel in namespaces, ferm, fail-closed, package + lintian, boot.
 test: test-deps deb
