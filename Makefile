@@ -8,8 +8,8 @@ DEB      := $(PACKAGE)_$(VERSION)_all.deb
 
 BUILD_DEPS := debhelper dh-python python3 python3-docutils dpkg-dev fakeroot lintian
 DEMO_DEPS  := python3 iptables iproute2 openvpn openssl tcpdump util-linux
-TEST_DEPS  := $(BUILD_DEPS) $(DEMO_DEPS) ferm python3-pytest python3-hypothesis python3-pyflakes \
-              mmdebstrap systemd-container dnsmasq-base busybox nftables stress-ng
+TEST_DEPS  := $(BUILD_DEPS) $(DEMO_DEPS) ferm python3-pytest python3-pytest-xdist python3-hypothesis \
+              python3-pyflakes mmdebstrap systemd-container dnsmasq-base busybox nftables stress-ng
 # without their recommends: wireguard-tools would bring a whole kernel image
 TEST_DEPS_NO_RECOMMENDS := wireguard-tools wireguard-go
 BENCH_DEPS := $(DEMO_DEPS) ferm iperf3
@@ -86,9 +86,13 @@ test-unit:
 	$(PYTHON) -m pytest -q tests/test_language.py tests/test_cli.py tests/test_running.py tests/test_fuzz.py tests/test_pure.py
 
 # Every layer: language, kernel in namespaces, ferm, fail-closed, package + lintian, boot.
+# Side by side first (each test has its own namespaces and state), then the tests that
+# measure time, alone.
+TEST_WORKERS ?= 4
 test: test-deps deb
 	$(PYTHON) -m pyflakes usr/lib/vpn-firewall/vpnfw usr/lib/vpn-firewall/vpn-firewall tests bench
-	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider tests
+	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider -n $(TEST_WORKERS) -m "not alone" tests
+	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider -m alone tests
 
 # The main job, shown safely: a real OpenVPN in network namespaces, the VPN client killed.
 demo: demo-deps

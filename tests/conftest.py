@@ -15,6 +15,18 @@ SHIPPED_CONFIG = os.path.join(ROOT, "etc", "vpn-firewall")
 sys.path.insert(0, LIBDIR)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+# Tests that measure time (how fast the guard repairs, a boot under load): run alone, after
+# the others (make test runs the rest side by side first).
+alone = pytest.mark.alone
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "alone: measures time: run after the others, not beside them")
+    # the leak matrix's rows, from every worker when tests run side by side (pytest-xdist)
+    if "VPN_FIREWALL_TEST_ROWS" not in os.environ:
+        import tempfile
+
+        os.environ["VPN_FIREWALL_TEST_ROWS"] = tempfile.mkstemp(prefix="vpnfw-leak-matrix-")[1]
 BACKENDS = ["nft", "legacy"]  # the iptables backends every kernel test runs with
 E2E = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e")
 sys.path.insert(0, E2E)
@@ -139,9 +151,22 @@ def rules_of(save_text: str) -> list:
     return [line for line in save_text.splitlines() if line.startswith(("-A", ":", "*"))]
 
 
+def leak_matrix_row(case, backend, with_fw: int, without: int, verdict: str) -> None:
+    with open(os.environ["VPN_FIREWALL_TEST_ROWS"], "a") as f:
+        f.write("\t".join((case, backend, str(with_fw), str(without), verdict)) + "\n")
+
+
 def pytest_terminal_summary(terminalreporter):
     """The leak matrix as a table: case, backend, frames leaked with / without, verdict."""
-    rows = getattr(sys.modules.get("test_e2e"), "ROWS", None)
+    if hasattr(terminalreporter.config, "workerinput"):
+        return  # a worker: the controller prints the table
+    path = os.environ.get("VPN_FIREWALL_TEST_ROWS")
+    try:
+        with open(path) as f:
+            rows = sorted(tuple(line.rstrip("\n").split("\t")) for line in f)
+        os.unlink(path)
+    except (OSError, TypeError):
+        return
     if not rows:
         return
     write = terminalreporter.write_line
@@ -161,11 +186,15 @@ BOOT_INCLUDE = "systemd,systemd-sysv,dbus,iptables,python3,iproute2,ifupdown,nft
 @pytest.fixture(scope="module")
 def base():
     """A cached minimal bookworm tree (mmdebstrap from Debian's packages, about 20 s once)."""
-    if not os.path.isdir(BOOT_BASE):
-        os.makedirs(CACHE, exist_ok=True)
-        tmp = BOOT_BASE + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={BOOT_INCLUDE}", "bookworm", tmp],
-                       check=True, capture_output=True)
-        os.rename(tmp, BOOT_BASE)
+    import fcntl
+
+    os.makedirs(CACHE, exist_ok=True)
+    with open(os.path.join(CACHE, "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # tests side by side: one of them makes it
+        if not os.path.isdir(BOOT_BASE):
+            tmp = BOOT_BASE + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={BOOT_INCLUDE}", "bookworm", tmp],
+                           check=True, capture_output=True)
+            os.rename(tmp, BOOT_BASE)
     return BOOT_BASE

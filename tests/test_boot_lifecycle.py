@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import needs_root
+from conftest import alone, needs_root
 from test_boot import CONFIGURED, DEB, boot, facts
 
 BOOTS = int(os.environ.get("VPN_FIREWALL_BOOTS", "20"))
@@ -70,6 +70,7 @@ def boots(tmp_path, base, count, files=None):
     return seen
 
 
+@alone  # it makes the load itself
 def test_many_boots_under_load_never_fail_the_units(tmp_path, base):
     """The goal: no failed start in consecutive boots under CPU and IO load (VPN_FIREWALL_BOOTS,
     20 by default; 100 were run by hand, see the README), both units done before network-pre."""
@@ -214,6 +215,7 @@ def frames_to_the_internet(capture) -> list:
     return out.stdout.splitlines()
 
 
+@alone  # the guard's gap is measured
 def test_an_upgrade_under_a_flood_is_quiet_and_seamless(tmp_path, base):
     """Upgrade a running, configured installation with the refresh timer and the client-config
     watcher enabled, while a program floods: nothing on the wire, the upgrade path's message

@@ -7,13 +7,12 @@ import sys
 
 import pytest
 
-from conftest import BACKENDS, needs_root
+from conftest import BACKENDS, leak_matrix_row, needs_root
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
 import cases as C  # noqa: E402
 
 pytestmark = [needs_root, pytest.mark.skipif(not shutil.which("openvpn"), reason="needs openvpn")]
-ROWS = []  # printed as a table at the end of the session (conftest.py)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -24,7 +23,7 @@ def test_leak_matrix(pki, case, backend):
     leaked_without, obs_without, _ = C.run_case(case, workdir, certs, backend, firewall=False)
     control = case in C.NO_LEAK_EXPECTED_WITHOUT or len(leaked_without) > 0
     ok = not leaked and C.matches(obs, expected) and control
-    ROWS.append((case, backend, len(leaked), len(leaked_without), "PASS" if ok else "FAIL"))
+    leak_matrix_row(case, backend, len(leaked), len(leaked_without), "PASS" if ok else "FAIL")
     assert not leaked, f"frames leaked with vpn-firewall: {leaked[:10]}"
     assert C.matches(obs, expected), f"observed {obs}, expected {expected}"
     assert control, f"negative control: without vpn-firewall this case must leak, observed {obs_without}"

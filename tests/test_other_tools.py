@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import BACKENDS, needs_root
+from conftest import BACKENDS, alone, needs_root
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
 import testbed as T  # noqa: E402
@@ -181,6 +181,7 @@ def _firewalld_flush(bed):
     ("nft", _firewalld_flush, 0.25),
     ("legacy", _firewalld_flush, 0.25),  # the legacy tables' sizes are looked at 20 times a second
 ])
+@alone
 def test_guard_repairs_a_flush_on_the_wire(tmp_path, backend, change, limit):
     bed = _bed(tmp_path, backend)
     try:
@@ -200,6 +201,7 @@ def test_guard_repairs_a_flush_on_the_wire(tmp_path, backend, change, limit):
         bed.down()
 
 
+@alone
 def test_nftables_service_start_is_repaired(tmp_path):
     """nftables.service runs 'nft -f /etc/nftables.conf', which begins with 'flush ruleset'."""
     if not os.path.exists(NFTABLES_CONF):
@@ -214,6 +216,7 @@ def test_nftables_service_start_is_repaired(tmp_path):
         bed.down()
 
 
+@alone
 def test_guard_keeps_closed_and_quiet_under_a_program_that_keeps_flushing(tmp_path):
     bed = _bed(tmp_path, "nft")
     try:
