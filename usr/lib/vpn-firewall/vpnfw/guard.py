@@ -22,7 +22,7 @@ import socket
 import struct
 import time
 
-from . import differences, in_force, kernel, load, state
+from . import differences, in_force, kernel, load, netlink, state
 from .errors import LoadError, VerifyError
 from .render import restore_input
 
@@ -47,28 +47,15 @@ def open_events() -> socket.socket:
     return sock
 
 
-def committers(messages: bytes) -> list:
+def committers(datagram: bytes) -> list:
     """(pid, process name) of each commit (NEWGEN message) in a netlink datagram."""
-    found, offset = [], 0
-    while offset + 16 <= len(messages):
-        length, kind = struct.unpack_from("=IH", messages, offset)
-        if length < 16:
-            break
+    found = []
+    for kind, body in netlink.messages(datagram):
         if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
-            pid, name = None, "?"
-            attr, end = offset + 20, offset + length  # after nlmsghdr and nfgenmsg
-            while attr + 4 <= end:
-                alen, atype = struct.unpack_from("=HH", messages, attr)
-                if alen < 4:
-                    break
-                value = messages[attr + 4:attr + alen]
-                if atype & 0x7FFF == NFTA_GEN_PROC_PID and len(value) == 4:
-                    pid = struct.unpack("!I", value)[0]
-                elif atype & 0x7FFF == NFTA_GEN_PROC_NAME:
-                    name = value.split(b"\0", 1)[0].decode("utf-8", "replace")
-                attr += (alen + 3) & ~3
-            found.append((pid, name))
-        offset += (length + 3) & ~3
+            attrs = netlink.attributes(body, 4)  # after struct nfgenmsg
+            pid = attrs.get(NFTA_GEN_PROC_PID)
+            found.append((struct.unpack("!I", pid)[0] if pid and len(pid) == 4 else None,
+                          netlink.text(attrs[NFTA_GEN_PROC_NAME]) if NFTA_GEN_PROC_NAME in attrs else "?"))
     return found
 
 

@@ -14,6 +14,8 @@ import socket
 import struct
 from collections import namedtuple
 
+from . import netlink
+
 RTM_GETLINK, NLMSG_ERROR, NLMSG_DONE = 18, 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 IFLA_IFNAME, IFLA_LINK, IFLA_MASTER, IFLA_OPERSTATE, IFLA_LINKINFO = 3, 5, 10, 16, 18
@@ -43,42 +45,21 @@ def read_links() -> list:
         links = []
         while True:
             data = sock.recv(1 << 16)
-            for kind, body in _messages(data):
+            for kind, body in netlink.messages(data):
                 if kind == NLMSG_DONE or kind == NLMSG_ERROR:
                     return sorted(links)
                 if kind == 16:  # RTM_NEWLINK
                     links.append(_link(body))
 
 
-def _messages(data: bytes):
-    offset = 0
-    while offset + 16 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, offset)
-        if length < 16:
-            return
-        yield kind, data[offset + 16:offset + length]
-        offset += (length + 3) & ~3
-
-
-def _attributes(data: bytes, offset: int = 0) -> dict:
-    found = {}
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        found[kind & 0x3FFF] = data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-    return found
-
-
 def _link(body: bytes) -> Link:
     _, arphrd, index, _, _ = struct.unpack_from("=BxHiII", body)
-    attrs = _attributes(body, 16)
-    text = lambda value: value.split(b"\0", 1)[0].decode("utf-8", "replace")  # noqa: E731
+    attrs = netlink.attributes(body, 16)
+    text = netlink.text
     number = lambda key: struct.unpack("=I", attrs[key][:4])[0] if key in attrs else 0  # noqa: E731
     kind = ""
     if IFLA_LINKINFO in attrs:
-        kind = text(_attributes(attrs[IFLA_LINKINFO]).get(IFLA_INFO_KIND, b""))
+        kind = text(netlink.attributes(attrs[IFLA_LINKINFO]).get(IFLA_INFO_KIND, b""))
     state = attrs.get(IFLA_OPERSTATE, b"\0")[0]
     return Link(index, text(attrs.get(IFLA_IFNAME, b"")), kind, arphrd, number(IFLA_MASTER), number(IFLA_LINK),
                 OPERSTATES[state] if state < len(OPERSTATES) else "unknown")
