@@ -152,6 +152,132 @@ def test_a_vpn_config_others_may_write_is_refused(tmp_path):
         compile_with(tmp_path, [path])
 
 
+# NetworkManager keyfiles, as 'nmcli connection import' and the GUI write them
+NM_OPENVPN = f"""\
+[connection]
+id=work
+uuid=4a8c5a3e-0000-4000-8000-000000000001
+type=vpn
+
+[vpn]
+ca=/etc/openvpn/ca.crt
+connection-type=tls
+port=1195
+remote=198.51.100.40:1194, 198.51.100.41:443:tcp [2001:db8::40]:1196 nm.vpn.example.net
+service-type=org.freedesktop.NetworkManager.openvpn
+
+[vpn-secrets]
+cert-pass={SECRET}
+
+[ipv4]
+method=auto
+"""
+NM_WIREGUARD = f"""\
+[connection]
+id=wg-home
+type=wireguard
+interface-name=wg1
+
+[wireguard]
+private-key={SECRET}
+
+[wireguard-peer.{SECRET}]
+endpoint=198.51.100.50:51820
+allowed-ips=0.0.0.0/0;::/0;
+
+[wireguard-peer.other]
+endpoint=[2001:db8::50]:51821
+"""
+NM_OPENCONNECT = """\
+[connection]
+id=corp
+type=vpn
+
+[vpn]
+gateway=198.51.100.60
+protocol=anyconnect
+service-type=org.freedesktop.NetworkManager.openconnect
+"""
+NM_WIFI = f"""\
+[connection]
+id=home
+type=wifi
+
+[wifi-security]
+psk={SECRET}
+"""
+NETDEV = f"""\
+[NetDev]
+Name=wg2
+Kind=wireguard
+
+[WireGuard]
+PrivateKey={SECRET}
+
+[WireGuardPeer]
+PublicKey={SECRET}
+Endpoint=198.51.100.70:51820
+AllowedIPs=0.0.0.0/0
+"""
+
+
+def test_networkmanager_and_networkd_keep_the_servers_we_read(tmp_path, monkeypatch):
+    """Keyfiles of NetworkManager (OpenVPN: 'remote' with its port and protocol defaults;
+    WireGuard peers; OpenConnect's gateway, TLS and DTLS) and .netdev files of
+    systemd-networkd; a Wi-Fi connection names none."""
+    nm, networkd = str(tmp_path / "nm"), str(tmp_path / "networkd")
+    vpn_config(nm, "work.nmconnection", NM_OPENVPN)
+    vpn_config(nm, "wg-home.nmconnection", NM_WIREGUARD)
+    vpn_config(nm, "corp.nmconnection", NM_OPENCONNECT)
+    vpn_config(nm, "home.nmconnection", NM_WIFI)
+    vpn_config(networkd, "50-wg2.netdev", NETDEV, mode=0o640)
+    compiled = compile_with(tmp_path, [f"{nm}/*.nmconnection", f"{networkd}/*.netdev"])
+    assert server_rules(compiled, "ip") == [
+        "-A VPNFW-OUTPUT -d 198.51.100.60/32 -p tcp -m tcp --dport 443 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 198.51.100.60/32 -p udp -m udp --dport 443 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 198.51.100.50/32 -p udp -m udp --dport 51820 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 198.51.100.40/32 -p udp -m udp --dport 1194 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 198.51.100.41/32 -p tcp -m tcp --dport 443 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 198.51.100.70/32 -p udp -m udp --dport 51820 -j ACCEPT",
+    ]
+    assert server_rules(compiled, "ip6") == [
+        "-A VPNFW-OUTPUT -d 2001:db8::50/128 -p udp -m udp --dport 51821 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 2001:db8::40/128 -p udp -m udp --dport 1196 -j ACCEPT",
+    ]
+    assert [ep.host for ep in compiled.settings.vpn_servers if ep.host] == ["nm.vpn.example.net"]
+    assert SECRET not in said(compiled)
+
+
+NM_BAD = [
+    (NM_OPENVPN.replace("198.51.100.41:443:tcp", "198.51.100.41:443:quic"), "work.nmconnection:10:28: expected a protocol"),
+    (NM_OPENVPN.replace("198.51.100.41:443:tcp", "198.51.100.41:https"), "work.nmconnection:10:28: expected HOST[:PORT"),
+    (NM_OPENVPN.replace("198.51.100.40:1194", "198.51.100.:1194"), "work.nmconnection:10:8: expected an address"),
+    (NM_WIREGUARD.replace("endpoint=198.51.100.50:51820", "endpoint=198.51.100.50"),
+     "work.nmconnection:10:10: expected HOST:PORT"),
+    (NETDEV.replace("Endpoint=198.51.100.70:51820", "Endpoint=198.51.100.70:99999"),
+     "work.nmconnection:10:10: expected a port from 1 to 65535"),
+]
+
+
+@pytest.mark.parametrize("text,expected", NM_BAD, ids=[b[1].split(": ", 1)[1][:30] for b in NM_BAD])
+def test_a_keyfile_line_that_cannot_be_understood_is_refused_with_its_place(tmp_path, text, expected):
+    path = vpn_config(str(tmp_path / "nm"), "work.nmconnection", text)
+    with pytest.raises(ConfigError) as info:
+        compile_with(tmp_path, [path])
+    message = str(info.value)
+    assert message.startswith(path + ":") and expected in message, message
+    assert SECRET not in message
+
+
+def test_files_that_name_no_server_are_a_warning(tmp_path):
+    nm = str(tmp_path / "nm")
+    vpn_config(nm, "home.nmconnection", NM_WIFI)
+    compiled = compile_with(tmp_path, [f"{nm}/*.nmconnection"])
+    assert ("30_user.conf:1:29: warning: $VPN_CLIENT_CONFIGS: the files " in said(compiled)
+            and "name no VPN server" in said(compiled)), said(compiled)
+    assert SECRET not in said(compiled)
+
+
 @needs_root
 @pytest.mark.skipif(not shutil.which("openvpn"), reason="needs openvpn")
 def test_the_client_whose_config_names_the_only_server_connects(tmp_path):

@@ -7,6 +7,7 @@ $VPN_SERVERS by hand is where mistakes happen. Each file matched by the patterns
   defaults (1194, udp), inside '<connection>' blocks too (which take the file's values as
   their defaults); inline blocks such as '<key>' are skipped unread.
 - WireGuard: 'Endpoint = HOST:PORT' in each [Peer] (udp; IPv6 in brackets).
+- NetworkManager keyfiles and systemd-networkd .netdev files: see keyfiles.py.
 
 Host names go through the pinning like any in $VPN_SERVERS: never resolved at boot. A
 'remote' or 'Endpoint' that cannot be understood is refused with the VPN config's own
@@ -18,7 +19,7 @@ read here appear in messages.
 import os
 import re
 
-from . import inputs, values as V
+from . import inputs, keyfiles, values as V
 from .errors import ConfigError, Pos
 from .parser import Atom
 
@@ -34,10 +35,16 @@ def endpoints(patterns, warn) -> tuple:
         paths = inputs.glob(pattern.text)
         if not paths:
             warn(f"{pattern.pos}: warning: $VPN_CLIENT_CONFIGS: {pattern.text!r} matches no file")
+            continue
+        named = []
         for path in paths:
             if os.path.isdir(path):
                 continue
-            found += read_file(path)
+            named += read_file(path)
+        if not named:
+            warn(f"{pattern.pos}: warning: $VPN_CLIENT_CONFIGS: the files {pattern.text!r} matches name no VPN "
+                 "server (no OpenVPN 'remote', WireGuard 'Endpoint', NetworkManager VPN or WireGuard peer)")
+        found += named
     return tuple(found)
 
 
@@ -50,6 +57,12 @@ def read_file(path: str) -> list:
     if inputs.untrusted(st):
         raise ConfigError(Pos(path, 1, 1), "a VPN client config that others may write names servers for the kill "
                                            "switch: it must be root's and not writable by group or others")
+    def endpoint(line_no, column, host, port, proto):
+        return _endpoint(path, line_no, column, host, port, proto)
+    if keyfiles.is_networkmanager(text):
+        return keyfiles.networkmanager(path, text, endpoint)
+    if keyfiles.is_networkd(text):
+        return keyfiles.networkd(path, text, endpoint)
     if re.search(r"(?mi)^\s*\[peer\]", text):
         return _wireguard(path, text)
     return _openvpn(path, text)
