@@ -20,6 +20,16 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for networ
 alone = pytest.mark.alone
 
 
+# The longest tests start first when tests run side by side, so that none of them is the
+# last one left running on a worker while the others sit idle.
+LONGEST_FIRST = ("test_guard_soak.py", "test_boot_lifecycle.py", "test_boot.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: next((n for n, name in enumerate(LONGEST_FIRST) if item.fspath.basename == name),
+                                     len(LONGEST_FIRST)))
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "alone: measures time: run after the others, not beside them")
     # the leak matrix's rows, from every worker when tests run side by side (pytest-xdist)

@@ -164,10 +164,10 @@ class Guard:
             return
         rules = in_force.read()
         if rules is None and self.rules is None:
-            rules = self.adopt()
-            if rules is not None:
-                in_force.record(rules)
-                stamp = in_force.stamp()
+            adopted = self.adopt()
+            if adopted is not None:
+                in_force.record(adopted)
+                rules, stamp = in_force.read(), in_force.stamp()  # as recorded: Printed rules
         if rules is not None:
             from .portal import ends_of
 
