@@ -147,6 +147,39 @@ def test_vpn_user_restricts_endpoints(tmp_path):
     assert not any("--dport 1194 -j ACCEPT" in line for line in lines)
 
 
+def test_several_vpn_users_and_a_fwmark_may_reach_the_servers(tmp_path):
+    """A client whose socket changes owner (NetworkManager's OpenVPN: root, then nm-openvpn),
+    and kernel WireGuard, whose socket no process owns: its packets carry wg-quick's mark."""
+    text = ("@def $VPN_SERVERS = (198.51.100.7:51820/udp);\n@def $VPN_USER = (root 65534);\n"
+            "@def $VPN_FWMARK = 51820;\n")
+    lines = [rule_line(r) for r in compile_text(tmp_path, text).ruleset["ip"] if "--dport 51820" in rule_line(r)]
+    assert lines == [
+        "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -m owner --uid-owner 0 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -m owner --uid-owner 65534 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -m mark --mark 0xca6c/0xefffffff -j ACCEPT",
+    ]
+    # without an owner the mark changes nothing: anyone may reach the servers anyway
+    plain = [rule_line(r) for r in compile_text(tmp_path / "b", "@def $VPN_SERVERS = (198.51.100.7:51820/udp);\n"
+                                                "@def $VPN_FWMARK = 51820;\n").ruleset["ip"] if "--dport 51820" in rule_line(r)]
+    assert plain == ["-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -j ACCEPT"]
+
+
+@pytest.mark.parametrize("mark, says", [("0x10000001", "uses bit 0x10000000 or 0x20000000"), ("0", "expected a mark"),
+                                        ("wg", "expected a mark"), ("(1 2)", "takes one value")])
+def test_a_fwmark_that_cannot_be_is_refused(tmp_path, mark, says):
+    assert says in error_of(tmp_path, f"@def $VPN_FWMARK = {mark};\n")
+
+
+def test_an_owner_with_a_wireguard_tunnel_and_no_fwmark_is_a_warning(tmp_path):
+    wg = tmp_path / "wg0.conf"
+    wg.write_text("[Interface]\nPrivateKey = x\n[Peer]\nEndpoint = 198.51.100.9:51820\n")
+    os.chmod(wg, 0o600)
+    text = f"@def $VPN_CLIENT_CONFIGS = (\"{wg}\");\n@def $VPN_USER = root;\n"
+    assert "set $VPN_FWMARK to the tunnel's fwmark (wg-quick: 51820)" in said(compile_text(tmp_path / "a", text))
+    fixed = said(compile_text(tmp_path / "b", text + "@def $VPN_FWMARK = 51820;\n"))
+    assert "VPN_FWMARK" not in fixed
+
+
 def test_dns_servers_only_through_the_tunnel(tmp_path):
     text = "@def $DNS_SERVERS = (10.8.0.1 2001:db8:8::1);\n@def $VPN_INTERFACES = tun0;\n@def $ALLOW_LAN = yes;"
     lines = [rule_line(r) for r in compile_text(tmp_path, text).ruleset["ip"]]
@@ -256,7 +289,7 @@ ERRORS = [
     ("@def $ALLOW_DHCP = ();", "1:1: $ALLOW_DHCP takes yes or no, not an empty list"),
     ("@def $LAN_NETS = (192.168.1.0/33);", "1:19: expected an address, got '192.168.1.0/33'"),
     ("@def $DNS_SERVERS = (10.8.0.1 dns.example);", "1:31: expected an address, got 'dns.example'"),
-    ("@def $VPN_USER = (root nobody);", "1:24: $VPN_USER takes one value, not a list"),
+    ("@def $VPN_USER = (root no-such-user-here);", "1:24: no such user 'no-such-user-here' on this system"),
     ("@def $VPN_USER = no-such-user-here;", "1:18: no such user 'no-such-user-here'"),
     ("@def $VPN_GROUP = 'bad group';", "1:19: expected a group name or number"),
     # rules

@@ -53,7 +53,8 @@ def keypair():
 
 
 class WireGuardBed:
-    def __init__(self, tmp_path, backend):
+    def __init__(self, tmp_path, backend, extra=""):
+        self.extra = extra  # more of 30_user.conf
         tag = uuid.uuid4().hex[:6]
         self.client, self.server = f"vpnfw-wgc-{tag}", f"vpnfw-wgs-{tag}"
         self.tmp, self.procs = tmp_path, []
@@ -111,7 +112,7 @@ class WireGuardBed:
         conf.chmod(0o600)
         self.conf = conf
         self.confdir = write_config(self.tmp / "vpnfw", {
-            "30_user.conf": f"@def $VPN_CLIENT_CONFIGS = ('{conf}');\n@def $ALLOW_DHCP = no;\n"})
+            "30_user.conf": f"@def $VPN_CLIENT_CONFIGS = ('{conf}');\n@def $ALLOW_DHCP = no;\n{self.extra}"})
 
     def loader(self, *args):
         return subprocess.run(["ip", "netns", "exec", self.client, sys.executable, LOADER, "--config-dir",
@@ -178,5 +179,26 @@ def test_wg_quick_full_tunnel_works_both_ways_under_strict_rp_filter(tmp_path, b
         rejected = [line for line in counters.splitlines() if line.startswith("[") and "VPNFW-OUTPUT" in line
                     and ("REJECT" in line or "DROP" in line) and not line.startswith("[0:")]
         assert rejected, "the kill switch refused the connection"
+    finally:
+        bed.down()
+
+
+@pytest.mark.parametrize("fwmark", [True, False], ids=["with-VPN_FWMARK", "control-without"])
+def test_an_owner_and_the_tunnels_fwmark_let_only_the_tunnel_reach_its_server(tmp_path, fwmark):
+    """$VPN_USER names an account the tunnel's socket does not belong to (as with the kernel's
+    WireGuard, whose socket no process owns); wg-quick's mark (51820) lets the tunnel through,
+    and without $VPN_FWMARK the tunnel cannot reach its server."""
+    bed = WireGuardBed(tmp_path, "nft", extra="@def $VPN_USER = 65534;\n"
+                       + ("@def $VPN_FWMARK = 51820;\n" if fwmark else ""))
+    try:
+        bed.up()
+        out = bed.loader("start")
+        assert out.returncode == 0, out.stderr
+        assert ("set $VPN_FWMARK" in out.stderr) != fwmark, out.stderr
+        bed.wg_quick("up")
+        if fwmark:
+            assert bed.fetch() == "ok", "the tunnel's marked packets reach its server"
+        else:
+            assert bed.fetch() != "ok", "without the mark the owner match blocks the tunnel"
     finally:
         bed.down()

@@ -18,6 +18,7 @@ read here appear in messages.
 
 import os
 import re
+from collections import namedtuple
 
 from . import inputs, keyfiles, values as V
 from .errors import ConfigError, Pos
@@ -28,9 +29,14 @@ OPENVPN_PROTOS = {"udp": "udp", "udp4": "udp", "udp6": "udp", "tcp": "tcp", "tcp
 DEFAULT_PORT, DEFAULT_PROTO = "1194", "udp"
 
 
-def endpoints(patterns, warn) -> tuple:
-    """The Endpoints the files matching the patterns (atoms) name, in file order."""
-    found = []
+# endpoints: what the files name, in file order; wireguard: whether any of them is a
+# WireGuard tunnel's (its kernel socket has no owner for $VPN_USER to match)
+Servers = namedtuple("Servers", "endpoints wireguard")
+
+
+def endpoints(patterns, warn) -> Servers:
+    """The Endpoints the files matching the patterns (atoms) name."""
+    found, wireguard = [], False
     for pattern in patterns:
         paths = inputs.glob(pattern.text)
         if not paths:
@@ -40,15 +46,17 @@ def endpoints(patterns, warn) -> tuple:
         for path in paths:
             if os.path.isdir(path):
                 continue
-            named += read_file(path)
+            servers = read_file(path)
+            named += servers.endpoints
+            wireguard = wireguard or (servers.wireguard and bool(servers.endpoints))
         if not named:
             warn(f"{pattern.pos}: warning: $VPN_CLIENT_CONFIGS: the files {pattern.text!r} matches name no VPN "
                  "server (no OpenVPN 'remote', WireGuard 'Endpoint', NetworkManager VPN or WireGuard peer)")
         found += named
-    return tuple(found)
+    return Servers(tuple(found), wireguard)
 
 
-def read_file(path: str) -> list:
+def read_file(path: str) -> Servers:
     try:
         st = inputs.owner(path)
         text = inputs.read(path).decode("utf-8", "replace")
@@ -60,12 +68,12 @@ def read_file(path: str) -> list:
     def endpoint(line_no, column, host, port, proto):
         return _endpoint(path, line_no, column, host, port, proto)
     if keyfiles.is_networkmanager(text):
-        return keyfiles.networkmanager(path, text, endpoint)
+        return Servers(keyfiles.networkmanager(path, text, endpoint), keyfiles.is_nm_wireguard(text))
     if keyfiles.is_networkd(text):
-        return keyfiles.networkd(path, text, endpoint)
+        return Servers(keyfiles.networkd(path, text, endpoint), True)
     if re.search(r"(?mi)^\s*\[peer\]", text):
-        return _wireguard(path, text)
-    return _openvpn(path, text)
+        return Servers(_wireguard(path, text), True)
+    return Servers(_openvpn(path, text), False)
 
 
 def _endpoint(path, line_no, column, host, port, proto):

@@ -25,6 +25,11 @@ def is_networkmanager(text: str) -> bool:
     return any(line.strip() == "[connection]" for line in text.splitlines())
 
 
+def is_nm_wireguard(text: str) -> bool:
+    return any(section == "connection" and key == "type" and value == "wireguard"
+               for section, key, value, _, _ in entries(text))
+
+
 def is_networkd(text: str) -> bool:
     return any(line.strip() in ("[NetDev]", "[WireGuardPeer]") for line in text.splitlines())
 

@@ -20,7 +20,8 @@ LOCKDOWN_COMMENT = "vpn-firewall lockdown"
 # filter chain judged the packet (JUDGED_MARK) or it stays inside (loopback, the tunnel,
 # a trusted internal interface).
 FENCE_TABLE = "security"
-JUDGED_MARK = "0x10000000/0x10000000"
+JUDGED_BIT = 0x10000000
+JUDGED_MARK = f"0x{JUDGED_BIT:x}/0x{JUDGED_BIT:x}"
 # Where the fence sends a judged packet: the bit is cleared before the packet goes on, so
 # that rules of other tools that match a mark exactly (wg-quick's 'meta mark 0xca6c', policy
 # routing) see the packet as it was before it met us.

@@ -44,7 +44,12 @@ def compile_config(config_dir: str, tell=None) -> Compiled:
         from .clientconfigs import endpoints
 
         found = endpoints(settings.vpn_client_configs, config.variables.warnings.append)
-        settings = settings._replace(vpn_servers=settings.vpn_servers + found)
+        settings = settings._replace(vpn_servers=settings.vpn_servers + found.endpoints)
+        if found.wireguard and (settings.vpn_users or settings.vpn_groups) and settings.vpn_fwmark is None:
+            told("warning", "$VPN_USER/$VPN_GROUP and a WireGuard tunnel in $VPN_CLIENT_CONFIGS: the kernel's "
+                            "WireGuard sends from a socket no process owns, so only these users' packets would "
+                            "reach its server and the tunnel could not connect; set $VPN_FWMARK to the tunnel's "
+                            "fwmark (wg-quick: 51820), which only root can set")
     pinned = pin(settings, told)
     compiler = Compiler(config.variables, Services(services_path()))
     user_rules = compiler.compile(config.statements)

@@ -8,7 +8,7 @@ tunnel must not leave by another interface.
 """
 
 from . import values as V
-from .model import (BUILTIN_CHAINS, FENCE_TABLE, JUDGED_CHAIN, JUDGED_MARK, LOCKDOWN_COMMENT,
+from .model import (BUILTIN_CHAINS, FENCE_TABLE, JUDGED_BIT, JUDGED_CHAIN, JUDGED_MARK, LOCKDOWN_COMMENT,
                     TUNNEL_FLOW_CHAIN, TUNNEL_FLOW_MARK, UNJUDGE, Rule, our_chain)
 
 UDP_DNS = (("udp", ((False, "--dport", "53"),)),)
@@ -77,11 +77,13 @@ def _ports(proto, sport, dport):
 
 
 def _endpoint_rules(family, settings):
-    owners = []
-    if settings.vpn_user is not None:
-        owners.append(("owner", ((False, "--uid-owner", settings.vpn_user),)))
-    if settings.vpn_group is not None:
-        owners.append(("owner", ((False, "--gid-owner", settings.vpn_group),)))
+    # who may reach the servers: each of these users' and groups' sockets, and packets with
+    # the tunnel's fwmark (kernel WireGuard's socket has no owner; only root sets a mark);
+    # the mark is compared without the fence's bit, which our first rule has set already
+    owners = [("owner", ((False, "--uid-owner", uid),)) for uid in settings.vpn_users]
+    owners += [("owner", ((False, "--gid-owner", gid),)) for gid in settings.vpn_groups]
+    if owners and settings.vpn_fwmark is not None:
+        owners.append(("mark", ((False, "--mark", f"0x{settings.vpn_fwmark:x}/0x{0xFFFFFFFF & ~JUDGED_BIT:x}"),)))
     owner_matches = [(m,) for m in owners] or [()]
     out = []
     for ep in settings.vpn_servers:

@@ -15,8 +15,9 @@ DEFAULT_LAN_NETS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.
 class Settings(namedtuple("Settings", [
     "vpn_servers",  # of values.Endpoint
     "vpn_interfaces",  # of interface names
-    "vpn_user",  # uid, as a number, or None
-    "vpn_group",  # gid, as a number, or None
+    "vpn_users",  # of uids, as numbers: only their sockets may reach the servers (empty: anyone's)
+    "vpn_groups",  # of gids, the same for groups
+    "vpn_fwmark",  # a packet mark (int) that may reach the servers too, or None: sockets no process owns
     "allow_lan",
     "lan_nets",  # of (family, net)
     "allow_dhcp",
@@ -57,8 +58,9 @@ def _optional_list(name, atoms, parse):
 SCHEMA = {
     "VPN_SERVERS": ("vpn_servers", _list, V.endpoint, ()),
     "VPN_INTERFACES": ("vpn_interfaces", _list, V.interface, ("tun+", "wg+")),
-    "VPN_USER": ("vpn_user", _scalar, lambda a: V.account(a, "user"), None),
-    "VPN_GROUP": ("vpn_group", _scalar, lambda a: V.account(a, "group"), None),
+    "VPN_USER": ("vpn_users", _list, lambda a: V.account(a, "user"), ()),
+    "VPN_GROUP": ("vpn_groups", _list, lambda a: V.account(a, "group"), ()),
+    "VPN_FWMARK": ("vpn_fwmark", _scalar, V.fwmark, None),
     "ALLOW_LAN": ("allow_lan", _bool, None, False),
     "LAN_NETS": ("lan_nets", _list, V.address, tuple((V.family_of(n), n) for n in DEFAULT_LAN_NETS)),
     "ALLOW_DHCP": ("allow_dhcp", _bool, None, True),

@@ -278,6 +278,20 @@ def boolean(atom) -> bool:
     raise ConfigError(atom.pos, f"expected yes or no, got {atom.text!r}")
 
 
+def fwmark(atom) -> int:
+    """A packet mark a VPN client sets on its own packets (wg-quick: 51820), any bit but ours."""
+    try:
+        value = int(atom.text, 0)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 0xFFFFFFFF:
+        raise ConfigError(atom.pos, f"expected a mark (a number such as 51820 or 0xca6c), got {atom.text!r}")
+    if value & 0x30000000:
+        raise ConfigError(atom.pos, f"the mark {atom.text} uses bit 0x10000000 or 0x20000000, which vpn-firewall "
+                                    "keeps for itself")
+    return value
+
+
 def account(atom, kind: str) -> str:
     """A user or group, by name or number, as the number iptables-save prints."""
     text = atom.text
