@@ -91,8 +91,8 @@ test-unit:
 TEST_WORKERS ?= 4
 test: test-deps deb
 	$(PYTHON) -m pyflakes usr/lib/vpn-firewall/vpnfw usr/lib/vpn-firewall/vpn-firewall tests bench
-	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider -n $(TEST_WORKERS) -m "not alone" tests
-	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider -m alone tests
+	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider -n $(TEST_WORKERS) --durations=15 -m "not alone" tests
+	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider --durations=5 -m alone tests
 
 # The main job, shown safely: a real OpenVPN in network namespaces, the VPN client killed.
 demo: demo-deps
