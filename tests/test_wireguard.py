@@ -19,6 +19,7 @@ Only addresses inside these namespaces are used; every process is ours, killed b
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ import uuid
 import pytest
 
 from conftest import BACKENDS, needs_root, write_config
+from testbed import read_pcap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOADER = os.path.join(HERE, "..", "usr", "lib", "vpn-firewall", "vpn-firewall")
@@ -200,5 +202,85 @@ def test_an_owner_and_the_tunnels_fwmark_let_only_the_tunnel_reach_its_server(tm
             assert bed.fetch() == "ok", "the tunnel's marked packets reach its server"
         else:
             assert bed.fetch() != "ok", "without the mark the owner match blocks the tunnel"
+    finally:
+        bed.down()
+
+
+# -- the leak matrix: frames the client sends on its cable, counted on the server's side ---------
+def capture(bed):
+    """tcpdump on the server's end of the cable: what the client sends there."""
+    pcap = bed.tmp / "wire.pcap"
+    dump = subprocess.Popen(["ip", "netns", "exec", bed.server, "tcpdump", "-Z", "root", "--immediate-mode", "-U",
+                             "-n", "-s", "200", "-i", "eth0s", "-Q", "in", "-w", str(pcap)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bed.procs.append(dump)
+    deadline = time.time() + 5
+    while (not pcap.exists() or pcap.stat().st_size < 24) and time.time() < deadline:
+        time.sleep(0.05)
+    return pcap
+
+
+def leaked(pcap) -> list:
+    """Frames that are neither ARP, nor the tunnel's own UDP to its server, nor IPv6 link chatter."""
+    return [f for f in read_pcap(str(pcap)) if not f.arp and not (f.version == 4 and f.proto == 17 and
+            f.dst == "198.18.0.1" and f.dport == 51820) and not (f.version == 6 and (f.dst or "").startswith("ff02:"))]
+
+
+def flood(bed, seconds):
+    """UDP and TCP to the web server behind the tunnel, from the client, all the while."""
+    return subprocess.Popen(["ip", "netns", "exec", bed.client, sys.executable, PROBE, "flood", "198.18.0.10", "9",
+                             str(int(seconds * 500)), str(seconds)], stdout=subprocess.DEVNULL)
+
+
+def wireguard_go_pid(bed) -> int:
+    pids = subprocess.run(["ip", "netns", "pids", bed.client], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "wireguard-go":
+                    return int(pid)
+        except OSError:
+            continue
+    raise AssertionError("wireguard-go is not running in the client's namespace")
+
+
+CASES = {
+    "killed (SIGKILL)": lambda bed: os.kill(wireguard_go_pid(bed), signal.SIGKILL),
+    "orderly down": lambda bed: bed.wg_quick("down"),
+    "down and up again": lambda bed: (bed.wg_quick("down"), time.sleep(0.5), bed.wg_quick("up")),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("firewall", [True, False], ids=["vpn-firewall", "control-without"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_wireguard_leak_matrix(tmp_path, backend, firewall, case):
+    """wg-quick's full tunnel while a program floods: the tunnel killed, taken down in order,
+    taken down and up again. With vpn-firewall nothing but the tunnel's own packets reach the
+    cable; without it the flood leaves by eth0 once the tunnel is gone."""
+    bed = WireGuardBed(tmp_path, backend)
+    try:
+        bed.up()
+        if firewall:
+            assert bed.loader("start").returncode == 0
+        bed.wg_quick("up")
+        assert bed.fetch() == "ok", "the tunnel works before"
+        pcap = capture(bed)
+        flooding = flood(bed, 3.0)
+        time.sleep(0.7)
+        CASES[case](bed)
+        flooding.wait(timeout=30)
+        time.sleep(0.3)
+        frames = leaked(pcap)
+        print(f"{case}, {backend}, {'with' if firewall else 'WITHOUT'} vpn-firewall: {len(frames)} frame(s) leaked")
+        if firewall:
+            assert frames == [], [(f.src, f.dst, f.dport) for f in frames[:5]]
+        else:
+            assert frames, "the control: without the kill switch the flood leaves by eth0"
+        if case == "down and up again":  # WireGuard retries a lost handshake after 5 s, with or without us
+            deadline = time.time() + 15
+            while bed.fetch() != "ok" and time.time() < deadline:
+                pass
+            assert bed.fetch() == "ok", "reconnected through the kill switch without restarting it"
     finally:
         bed.down()
