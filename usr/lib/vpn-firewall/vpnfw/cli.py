@@ -67,7 +67,6 @@ def compiled_or_say(config_dir: str):
 
 def cmd_start(args) -> int:
     from . import load
-
     from .pipeline import StartCompile
 
     prepared = []

@@ -10,10 +10,9 @@ policies are set to DROP one by one.
 from . import in_force, kernel
 from .differences import differences
 from .errors import ConfigError, LoadError, VerifyError
+from .exits import KEPT, LOCKDOWN, OK, OPEN
 from .model import LOCKDOWN_COMMENT, OUR_TABLES, our_chain
 from .render import restore_input, to_printed, unload_input, with_lines
-
-from .exits import KEPT, LOCKDOWN, OK, OPEN
 
 OUTCOME_EXIT = {"loaded": OK, "kept": KEPT, "lockdown": LOCKDOWN, "open": OPEN}
 
