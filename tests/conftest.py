@@ -33,10 +33,10 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_configure(config):
     config.addinivalue_line("markers", "alone: measures time: run after the others, not beside them")
     # the leak matrix's rows, from every worker when tests run side by side (pytest-xdist)
-    if "VPN_FIREWALL_TEST_ROWS" not in os.environ:
+    if "VPN_FIREWALL_TEST_ROWS" not in os.environ:  # made by the first row, removed by the summary
         import tempfile
 
-        os.environ["VPN_FIREWALL_TEST_ROWS"] = tempfile.mkstemp(prefix="vpnfw-leak-matrix-")[1]
+        os.environ["VPN_FIREWALL_TEST_ROWS"] = os.path.join(tempfile.gettempdir(), f"vpnfw-leak-matrix-{os.getpid()}")
 BACKENDS = ["nft", "legacy"]  # the iptables backends every kernel test runs with
 E2E = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e")
 sys.path.insert(0, E2E)
