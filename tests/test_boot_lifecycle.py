@@ -300,3 +300,19 @@ def test_the_upgrade_from_0_1_0_under_a_flood(tmp_path, base):
     assert (f["timer_before"], f["timer_after"]) == ("active", "active"), f
     assert f["version_after"] == f"vpn-firewall {subprocess.run(['dpkg-deb', '-f', DEB, 'Version'], capture_output=True, text=True).stdout.strip()}"
     assert frames_to_the_internet(tmp_path / "wire.pcap") == []
+
+
+def test_a_networkmanager_connection_saved_and_edited_reaches_the_kill_switch(tmp_path, base):
+    """$VPN_CLIENT_CONFIGS names NetworkManager's keyfiles and the path unit is on: a VPN
+    connection saved, then its server changed, is in force each time without anyone touching
+    /etc/vpn-firewall (NetworkManager itself is not needed to write its files)."""
+    config = ('@def $VPN_CLIENT_CONFIGS = ("/etc/NetworkManager/system-connections/*.nmconnection");\n'
+              "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n")
+    results, console = boot(tmp_path, base, "keyfile", config,
+                            files={"/etc/NetworkManager/system-connections/.keep": ""})
+    assert facts(results)["result"] == "success", console
+    first, second = (results / "keyfile-1.save").read_text(), (results / "keyfile-2.save").read_text()
+    assert "-A VPNFW-OUTPUT -d 198.51.100.44/32 -p udp -m udp --dport 1194 -j ACCEPT" in first, \
+        (results / "keyfile.journal").read_text()
+    assert "-A VPNFW-OUTPUT -d 198.51.100.45/32 -p tcp -m tcp --dport 443 -j ACCEPT" in second
+    assert "198.51.100.44" not in second, "the old server is gone with the edit"

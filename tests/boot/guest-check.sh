@@ -57,6 +57,20 @@ if [ "$(cat /root/scenario)" = install ]; then
     dpkg -P vpn-firewall > $R/purge.log 2>&1
     echo "purged_etc=$(ls -A /etc/vpn-firewall 2>&1)" >> $R/boot
 fi
+if [ "$(cat /root/scenario)" = keyfile ]; then
+    # a VPN connection saved by NetworkManager (as nmcli or the desktop's settings write it),
+    # then edited: the kill switch follows by itself (the path unit)
+    K=/etc/NetworkManager/system-connections/work.nmconnection
+    systemctl enable --now vpn-firewall-client-configs.path > $R/enable.log 2>&1
+    printf '[connection]\nid=work\ntype=vpn\n\n[vpn]\nremote=198.51.100.44:1194\nservice-type=org.freedesktop.NetworkManager.openvpn\n' > $K.tmp
+    chmod 600 $K.tmp && mv $K.tmp $K
+    for i in $(seq 50); do iptables-save | grep -q 198.51.100.44 && break; sleep 0.1; done
+    iptables-save > $R/keyfile-1.save 2>&1
+    sed 's/198.51.100.44:1194/198.51.100.45:443:tcp/' $K > $K.tmp && chmod 600 $K.tmp && mv $K.tmp $K
+    for i in $(seq 50); do iptables-save | grep -q 198.51.100.45 && break; sleep 0.1; done
+    iptables-save > $R/keyfile-2.save 2>&1
+    journalctl -b -u vpn-firewall-client-configs.service --no-pager -o cat > $R/keyfile.journal 2>&1
+fi
 if [ "$(cat /root/scenario)" = disable ]; then
     systemctl disable vpn-firewall.service > $R/disable.log 2>&1
 fi
