@@ -1,6 +1,7 @@
 """Loading into a real kernel, in namespaces of our own: iptables-save and real packets."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -314,3 +315,27 @@ def test_status_fails_and_says_why_when_no_vpn_server_can_be_reached(tmp_path, n
     assert run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name).returncode == 0
     out = run_loader(["--config-dir", conf, "status"], env=env, netns=ns.name)
     assert out.returncode == 0 and "no VPN server" not in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("command, rounds", [("reload", 2), ("start", 1)])
+def test_a_reload_whose_config_changed_while_it_ran_runs_again(tmp_path, netns, command, rounds):
+    """The path unit's reload after a VPN client's config changed: a second change made while
+    the first reload runs is loaded too (systemd merges a path's trigger into the run). The
+    change is made by a stand-in iptables-restore, the first time it is run; start (the
+    control) loads once, as at boot."""
+    conf = write_config(tmp_path / "conf", {"30_user.conf": EXAMPLE})
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "iptables-restore").write_text(
+        "#!/bin/sh\n"
+        f"if [ ! -e {tmp_path}/changed ]; then touch {tmp_path}/changed; "
+        f"printf 'chain OUTPUT daddr 192.0.2.77 proto tcp dport 25 ACCEPT;\\n' >> {conf}/30_user.conf; fi\n"
+        f"exec {shutil.which('iptables-restore')} \"$@\"\n")
+    os.chmod(bindir / "iptables-restore", 0o755)
+    ns = netns("settle")
+    out = run_loader(["--config-dir", conf, command], env={"PATH": f"{bindir}:{os.environ['PATH']}"}, netns=ns.name)
+    assert out.returncode == 0, out.stderr
+    loaded = "-A VPNFW-OUTPUT -d 192.0.2.77/32 -p tcp -m tcp --dport 25 -j ACCEPT" in ns.save()
+    assert loaded == (rounds == 2), ns.save()
+    assert out.stderr.count("rules loaded and verified") == rounds, out.stderr
+    assert ("the config changed while it was loaded: loading it again" in out.stderr) == (rounds == 2)

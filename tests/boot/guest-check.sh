@@ -66,6 +66,7 @@ if [ "$(cat /root/scenario)" = keyfile ]; then
     chmod 600 $K.tmp && mv $K.tmp $K
     for i in $(seq 50); do iptables-save | grep -q 198.51.100.44 && break; sleep 0.1; done
     iptables-save > $R/keyfile-1.save 2>&1
+    sleep 1.5  # a person's second edit; one made while a reload runs is caught by reload itself
     sed 's/198.51.100.44:1194/198.51.100.45:443:tcp/' $K > $K.tmp && chmod 600 $K.tmp && mv $K.tmp $K
     for i in $(seq 50); do iptables-save | grep -q 198.51.100.45 && break; sleep 0.1; done
     iptables-save > $R/keyfile-2.save 2>&1

@@ -58,16 +58,17 @@ def load(config_dir: str):
         return None
 
 
-def store(config_dir: str, record, ruleset, warnings) -> None:
+def store(config_dir: str, record, ruleset, warnings) -> bool:
     """Keep a compile that was loaded and verified, with the record of what it read
-    (inputs.stop()); a cache that cannot be written is no loss."""
+    (inputs.stop()); whether it is kept (a cache that cannot be written is no loss)."""
     if record is None or any(entry[0] == "never" for entry in record):
-        return
+        return False
     data = {"key": _key(config_dir), "inputs": record,
             "ruleset": {family: [tuple(rule) for rule in to_printed(rules)] for family, rules in ruleset.items()},
             "warnings": list(warnings)}
     try:
         state.write_atomic(path(), marshal.dumps(data), mode=0o600)
     except (OSError, ValueError):
-        pass
+        return False
+    return True
 

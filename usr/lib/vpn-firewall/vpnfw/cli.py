@@ -65,25 +65,37 @@ def compiled_or_say(config_dir: str):
         return None
 
 
+RELOAD_ROUNDS = 3  # a reload whose inputs changed while it ran runs again, this often at most
+
+
 def cmd_start(args) -> int:
+    """start and reload. A reload (the path unit's, after a VPN client's config changed)
+    runs again when what it read changed while it ran: a second edit right after the first
+    would otherwise wait for the next one (systemd merges a path's trigger into the run)."""
     from . import load
     from .pipeline import StartCompile
 
-    prepared = []
+    rounds = RELOAD_ROUNDS if args.command == "reload" else 1
+    for done in range(1, rounds + 1):
+        prepared = []
 
-    def ruleset():  # called by apply, while the kernel's state is read
-        prepared.append(StartCompile(args.config_dir, print_warning))
-        return prepared[0].ruleset
-    with RulesLock():
-        code = load.apply(ruleset, say)
-    if code == load.OK:
+        def ruleset():  # called by apply, while the kernel's state is read
+            prepared.append(StartCompile(args.config_dir, print_warning))
+            return prepared[0].ruleset
+        with RulesLock():
+            code = load.apply(ruleset, say)
+        if code != load.OK:
+            return code
         from .portal import forget_ended
 
         forget_ended()  # a killed portal session's file, once its time is up: its rules are gone now
         cached = prepared[0].from_cache
         say("info", f"rules loaded and verified ({', '.join(load.families())})"
                     + ("; the config is unchanged since it was compiled last (cache)" if cached else ""))
-        prepared[0].store()
+        stored = prepared[0].store()
+        if done == rounds or not stored or prepared[0].still_current():
+            break
+        say("info", "the config changed while it was loaded: loading it again")
     return code
 
 

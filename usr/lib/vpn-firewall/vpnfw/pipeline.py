@@ -94,9 +94,15 @@ class StartCompile:
             self.record = inputs.stop()
         self.ruleset, self.said = compiled.ruleset, compiled.said
 
-    def store(self) -> None:
-        """After a verified load: the cache holds this compile for the next start."""
+    def store(self) -> bool:
+        """After a verified load: the cache holds this compile for the next start; whether
+        it does (taken from it, or kept now)."""
         from . import cache
 
-        if not self.from_cache:
-            cache.store(self.config_dir, self.record, self.ruleset, self.said)
+        return self.from_cache or cache.store(self.config_dir, self.record, self.ruleset, self.said)
+
+    def still_current(self) -> bool:
+        """Nothing it read has changed since (the cache, which holds it, still matches)."""
+        from . import cache
+
+        return cache.load(self.config_dir) is not None
