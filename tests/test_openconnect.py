@@ -29,8 +29,8 @@ import uuid
 
 import pytest
 
-from conftest import BACKENDS, needs_root, write_config
-from test_wireguard import PROBE, leaked, run
+from conftest import BACKENDS, backend_path, needs_root, write_config
+from test_wireguard import PROBE, cable, leaked, run
 
 VPNC_SCRIPT = "/usr/share/vpnc-scripts/vpnc-script"
 pytestmark = [
@@ -77,31 +77,12 @@ class OpenConnectBed:
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="vpnfw-ocserv-"))
         os.chmod(self.dir, 0o755)
         self.procs = {}
-        self.env = dict(os.environ)
-        if backend == "legacy":
-            bindir = tmp_path / "bin"
-            bindir.mkdir()
-            for family in ("iptables", "ip6tables"):
-                for suffix in ("", "-save", "-restore"):
-                    os.symlink(shutil.which(f"{family}-legacy{suffix}"), bindir / f"{family}{suffix}")
-            self.env["PATH"] = f"{bindir}:{os.environ['PATH']}"
+        self.env = dict(os.environ, PATH=backend_path(tmp_path, backend))
         self.confdir = write_config(tmp_path / "vpnfw", {"30_user.conf": CONFIG})
 
     def up(self):
-        c, s, d = self.client, self.server, str(self.dir)
-        for ns in (c, s):
-            subprocess.run(["ip", "netns", "add", ns], check=True)
-            run(ns, "ip", "link", "set", "lo", "up")
-        subprocess.run(["ip", "link", "add", "eth0", "netns", c, "type", "veth", "peer", "name", "eth0s", "netns", s],
-                       check=True)
-        run(c, "ip", "addr", "add", "198.19.0.1/24", "dev", "eth0")
-        run(c, "ip", "link", "set", "eth0", "up")
-        run(c, "ip", "route", "add", "default", "via", "198.19.0.254")
-        run(s, "ip", "addr", "add", "198.19.0.254/24", "dev", "eth0s")
-        for address in ("198.18.0.1/32", "198.18.0.10/32"):
-            run(s, "ip", "addr", "add", address, "dev", "lo")
-        run(s, "ip", "link", "set", "eth0s", "up")
-        run(s, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        s, d = self.server, str(self.dir)
+        cable(self.client, s)
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                         "-keyout", f"{d}/key.pem", "-out", f"{d}/cert.pem", "-days", "2", "-subj", "/CN=198.18.0.1"],
                        check=True, capture_output=True)

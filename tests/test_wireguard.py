@@ -27,7 +27,7 @@ import uuid
 
 import pytest
 
-from conftest import BACKENDS, needs_root, write_config
+from conftest import BACKENDS, backend_path, needs_root, write_config
 from testbed import read_pcap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,41 +54,40 @@ def keypair():
     return private, public
 
 
+def cable(client: str, server: str) -> None:
+    """The two namespaces and the cable between them: the client behind the server, which is
+    its router too, and the server's own addresses beyond it: the VPN's (198.18.0.1) and a
+    web server's (198.18.0.10)."""
+    for ns in (client, server):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        run(ns, "ip", "link", "set", "lo", "up")
+    subprocess.run(["ip", "link", "add", "eth0", "netns", client, "type", "veth", "peer", "name", "eth0s",
+                    "netns", server], check=True)
+    run(client, "ip", "addr", "add", "198.19.0.1/24", "dev", "eth0")
+    run(client, "ip", "link", "set", "eth0", "up")
+    run(client, "ip", "route", "add", "default", "via", "198.19.0.254")
+    run(server, "ip", "addr", "add", "198.19.0.254/24", "dev", "eth0s")
+    for address in ("198.18.0.1/32", "198.18.0.10/32"):
+        run(server, "ip", "addr", "add", address, "dev", "lo")
+    run(server, "ip", "link", "set", "eth0s", "up")
+    run(server, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+
 class WireGuardBed:
     def __init__(self, tmp_path, backend, extra=""):
         self.extra = extra  # more of 30_user.conf
         tag = uuid.uuid4().hex[:6]
         self.client, self.server = f"vpnfw-wgc-{tag}", f"vpnfw-wgs-{tag}"
         self.tmp, self.procs = tmp_path, []
-        self.env = dict(os.environ, VPN_FIREWALL_LOCK=str(tmp_path / "lock"), VPN_FIREWALL_RUN_DIR=str(tmp_path / "run"),
-                        VPN_FIREWALL_STATE_DIR=str(tmp_path / "state"))
-        if backend == "legacy":
-            bindir = tmp_path / "bin"
-            bindir.mkdir()
-            for family in ("iptables", "ip6tables"):
-                for suffix in ("", "-save", "-restore"):
-                    os.symlink(shutil.which(f"{family}-legacy{suffix}"), bindir / f"{family}{suffix}")
-            self.env["PATH"] = f"{bindir}:{os.environ['PATH']}"
+        self.env = dict(os.environ, PATH=backend_path(tmp_path, backend))  # run and state dirs: own_state's
         # wg-quick and wireguard-go keep their control sockets in /var/run/wireguard: two names
         self.client_if, self.server_if = f"wg{tag[:4]}", f"wgs{tag[:4]}"
 
     def up(self):
         c, s = self.client, self.server
-        for ns in (c, s):
-            subprocess.run(["ip", "netns", "add", ns], check=True)
-            run(ns, "ip", "link", "set", "lo", "up")
-        subprocess.run(["ip", "link", "add", "eth0", "netns", c, "type", "veth", "peer", "name", "eth0s", "netns", s],
-                       check=True)
-        run(c, "ip", "addr", "add", "198.19.0.1/24", "dev", "eth0")
-        run(c, "ip", "link", "set", "eth0", "up")
-        run(c, "ip", "route", "add", "default", "via", "198.19.0.254")
-        run(s, "ip", "addr", "add", "198.19.0.254/24", "dev", "eth0s")
-        run(s, "ip", "addr", "add", "198.18.0.10/32", "dev", "lo")
-        run(s, "ip", "addr", "add", "198.18.0.1/32", "dev", "lo")
-        run(s, "ip", "link", "set", "eth0s", "up")
+        cable(c, s)
         for key in ("all", "default", "eth0"):  # the hardened setting (CIS): strict
             run(c, "sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=1")
-        run(s, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         server_key, server_pub = keypair()
         client_key, client_pub = keypair()
         (self.tmp / "server.key").write_text(server_key + "\n")
