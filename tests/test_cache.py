@@ -65,6 +65,24 @@ def test_an_unchanged_config_is_loaded_from_the_cache_with_the_same_rules(tmp_pa
     assert status.returncode == 0, status.stdout
 
 
+def test_a_start_from_the_cache_imports_nothing_of_the_compile(tmp_path, netns):
+    """The boot path: no compiler, no portal, no 're' when the cache holds the compile (each
+    costs milliseconds before the network comes up). Control: the first start compiles."""
+    start = Start(tmp_path, netns)
+    # a VPN user by name: its lookup is compared on every start (a glob would need 're': glob's)
+    conf = write_config(tmp_path / "conf", {"30_user.conf": "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n"
+                                                            "@def $VPN_USER = root;\n"})
+    start.env["PYTHONPROFILEIMPORTTIME"] = "1"  # python3 -X importtime
+    imported = lambda out: {line.split("|")[-1].strip() for line in out.stderr.splitlines()  # noqa: E731
+                            if line.startswith("import time:")}
+    first = start(conf)
+    assert {"re", "vpnfw.compiler"} <= imported(first), "the control: a compile imports them"
+    second = start(conf)
+    assert CACHED in second.stderr, second.stderr
+    assert not {"re", "vpnfw.compiler", "vpnfw.portal", "vpnfw.values", "json"} & imported(second), \
+        {"re", "vpnfw.compiler", "vpnfw.portal", "vpnfw.values", "json"} & imported(second)
+
+
 def _edit(path, old, new):
     with open(path) as f:
         text = f.read()

@@ -86,9 +86,12 @@ def cmd_start(args) -> int:
             code = load.apply(ruleset, say)
         if code != load.OK:
             return code
-        from .portal import forget_ended
+        from .state import in_run_dir
 
-        forget_ended()  # a killed portal session's file, once its time is up: its rules are gone now
+        if os.path.exists(in_run_dir("portal.json")):  # portal (and its re) off the boot path
+            from .portal import forget_ended
+
+            forget_ended()  # a killed session's file, once its time is up: its rules are gone now
         cached = prepared[0].from_cache
         say("info", f"rules loaded and verified ({', '.join(load.families())})"
                     + ("; the config is unchanged since it was compiled last (cache)" if cached else ""))
