@@ -22,10 +22,9 @@ from collections import namedtuple
 
 from . import inputs, keyfiles, values as V
 from .errors import ConfigError, Pos
+from .keyfiles import OPENVPN_PROTOS
 from .parser import Atom
 
-OPENVPN_PROTOS = {"udp": "udp", "udp4": "udp", "udp6": "udp", "tcp": "tcp", "tcp4": "tcp", "tcp6": "tcp",
-                  "tcp-client": "tcp", "tcp4-client": "tcp", "tcp6-client": "tcp"}
 DEFAULT_PORT, DEFAULT_PROTO = "1194", "udp"
 
 

@@ -17,6 +17,8 @@ from .errors import ConfigError, Pos
 
 OPENVPN = "org.freedesktop.NetworkManager.openvpn"
 OPENCONNECT = "org.freedesktop.NetworkManager.openconnect"
+# OpenVPN's protocol names, as OpenVPN and NetworkManager's plugin take them (clientconfigs
+# reads OpenVPN's own files with it too)
 OPENVPN_PROTOS = {"udp": "udp", "udp4": "udp", "udp6": "udp", "tcp": "tcp", "tcp4": "tcp", "tcp6": "tcp",
                   "tcp-client": "tcp", "tcp4-client": "tcp", "tcp6-client": "tcp"}
 
@@ -107,11 +109,9 @@ def _openvpn_remotes(path, values, endpoint) -> list:
     default_port = values.get(("vpn", "port"), ("1194",))[0] or "1194"
     default_proto = "tcp" if values.get(("vpn", "proto-tcp"), ("no",))[0] == "yes" else "udp"
     found, offset = [], 0
-    for part in value.replace(",", " ").replace("\t", " ").split(" "):
-        at = column + value.index(part, offset) if part else column
-        offset = value.index(part, offset) + len(part) if part else offset
-        if not part:
-            continue
+    for part in value.replace(",", " ").split():
+        offset = value.index(part, offset)
+        at, offset = column + offset, offset + len(part)
         host, port, proto = _remote(part)
         if proto is not None and proto not in OPENVPN_PROTOS:
             raise ConfigError(Pos(path, line_no, at), f"expected a protocol ({', '.join(OPENVPN_PROTOS)}) "
