@@ -20,14 +20,48 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for networ
 alone = pytest.mark.alone
 
 
-# The longest tests start first when tests run side by side, so that none of them is the
-# last one left running on a worker while the others sit idle.
-LONGEST_FIRST = ("test_guard_soak.py", "test_boot_lifecycle.py", "test_boot.py")
+# Side by side, the longest tests start first (files by what their tests take, measured),
+# so that none of them is the last one left running on a worker while the others sit idle.
+LONGEST_FIRST = ("test_guard_soak.py", "test_boot_lifecycle.py", "test_portal.py", "test_e2e.py",
+                 "test_openconnect.py", "test_boot.py", "test_wireguard.py", "test_other_tools.py",
+                 "test_hardening.py", "test_ferm_diff.py", "test_fuzz.py", "test_leak_test.py", "test_kernel.py",
+                 "test_fail_closed.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: next((n for n, name in enumerate(LONGEST_FIRST) if item.fspath.basename == name),
                                      len(LONGEST_FIRST)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's own scheduler hands each worker a chunk of 30 consecutive tests up front, so
+    tests queue behind a two-minute soak; here each worker holds two, the one it runs and
+    the next, and takes more as it finishes them (the order above then holds)."""
+    from xdist.scheduler import LoadScheduling
+
+    class TwoInHand(LoadScheduling):
+        def schedule(self):
+            if self.collection is not None or not self._check_nodes_have_same_collection():
+                return super().schedule()
+            self.collection = list(self.node2collection.values())[0]
+            self.pending[:] = range(len(self.collection))
+            for node in self.nodes:
+                if self.pending:
+                    self._send_tests(node, min(2, len(self.pending)))
+            if not self.pending:
+                for node in self.nodes:
+                    node.shutdown()
+
+        def check_schedule(self, node, duration=0):
+            if node.shutting_down:
+                return
+            if not self.pending:
+                node.shutdown()
+            elif len(self.node2pending[node]) < 2:
+                self._send_tests(node, min(2 - len(self.node2pending[node]), len(self.pending)))
+
+    return TwoInHand(config, log)
 
 
 def pytest_configure(config):

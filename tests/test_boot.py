@@ -84,8 +84,10 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
                                         "-U", "-w", str(capture), "-i", "eth0p", "-Q", "in"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)  # listening before the guest's link comes up
+        cgroups = own_cgroups(ns)
         console = subprocess.run(
-            ["timeout", "180", "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
+            ["sh", "-c", 'for g in $0; do echo $$ > "$g/cgroup.procs"; done; exec "$@"', " ".join(cgroups),
+             "timeout", "180", "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
              f"--network-namespace-path=/run/netns/{ns}", "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
              "--console=read-only", "-D", str(root)],
             capture_output=True, text=True)
@@ -98,12 +100,45 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
         shutil.rmtree(root / "root/results")  # a next boot of the same machine writes its own
         return results, console.stdout + console.stderr
     finally:
+        remove_cgroups(ns)
         if tcpdump is not None and tcpdump.poll() is None:
             tcpdump.kill()
             tcpdump.wait()
         umount(root)
         subprocess.run(["ip", "netns", "delete", ns], check=False)
         subprocess.run(["ip", "netns", "delete", ns + "-peer"], check=False)
+
+
+# With --keep-unit and no systemd on the host, nspawn makes the guest's cgroups (payload/...)
+# under its own cgroup: two guests booted side by side from one cgroup would share them, and
+# one guest's systemd then removes the other's unit cgroups (a start fails 219/CGROUP).
+# Each boot gets a cgroup of its own in every hierarchy the host has.
+def cgroup_roots() -> list:
+    if os.path.exists("/sys/fs/cgroup/cgroup.procs"):  # the unified hierarchy alone
+        return ["/sys/fs/cgroup"]
+    return [p for p in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified") if os.path.isdir(p)]
+
+
+def own_cgroups(name) -> list:
+    made = [os.path.join(root, name) for root in cgroup_roots()]
+    for path in made:
+        os.makedirs(path, exist_ok=True)
+    return made
+
+
+def remove_cgroups(name) -> None:
+    """The boot's cgroups, deepest first (the guest's systemd left its own below them)."""
+    for root in cgroup_roots():
+        top = os.path.join(root, name)
+        for _ in range(50):
+            for where, dirs, _files in os.walk(top, topdown=False):
+                try:
+                    os.rmdir(where)
+                except OSError:
+                    pass
+            if not os.path.exists(top):
+                break
+            time.sleep(0.1)
 
 
 def umount(path) -> None:

@@ -168,7 +168,7 @@ def outside_the_tunnel(pcap) -> list:
 
 
 def block_dtls(bed):
-    run(bed.server, "iptables", "-I", "INPUT", "-p", "udp", "--dport", "443", "-j", "DROP")
+    run(bed.server, "iptables", "-I", "INPUT", "-p", "udp", "--dport", "443", "-j", "REJECT")
 
 
 CASES = {

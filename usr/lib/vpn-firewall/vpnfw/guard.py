@@ -156,6 +156,7 @@ class Guard:
         self.watcher = None  # the legacy backend's cheap look (legacywatch.py), when it can look
         self.look = None
         self.compared_at = 0.0
+        self.own_commits = set()  # pids of the repair's restores: their commits are verified already
 
     # -- what to guard -------------------------------------------------------------
     def _refresh_rules(self) -> None:
@@ -226,8 +227,9 @@ class Guard:
             if self._portal_over():
                 self._end_portal()
             who = drain(events) if events in ready else []
-            if events and not who and not self._retry_due():
-                continue
+            ours, self.own_commits = self.own_commits, set()
+            if events and all(pid in ours for pid, _ in who) and not self._retry_due():
+                continue  # nothing, or only the repair's own commit, read back after it already
             if self.watcher and not self._legacy_due():
                 continue
             self.check(who)
@@ -331,6 +333,7 @@ class Guard:
         started = time.monotonic()
         restoring = {f: kernel.start_restore(f, restore_input(self._target(f), kernel.table_states(dump)))
                      for f, (dump, _) in broken.items()}
+        self.own_commits = {r.pid for r in restoring.values() if r.pid}
         for family, (dump, holes) in broken.items():
             try:
                 kernel.check_restored(restoring[family])
