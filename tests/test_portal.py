@@ -255,3 +255,28 @@ def test_the_guard_takes_an_ended_sessions_rules_out(pki):
         assert "the portal session's time is up: its rules are removed" in err, err
     finally:
         bed.down()
+
+
+@needs_root
+def test_a_session_starting_beside_another_keeps_its_cgroup():
+    """A new session clears the empty cgroups killed sessions left, but not one whose session
+    still runs and whose command has not entered it yet (side by side it lost it, and its
+    rules could not be loaded: the kernel refuses a cgroup path that does not exist)."""
+    from vpnfw import portal_run
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    parent = os.path.join(portal_run.cgroup2_mount(), portal_run.CGROUP_PARENT)
+    os.makedirs(parent, exist_ok=True)
+    starting, left = os.path.join(parent, f"{os.getpid()}-1"), os.path.join(parent, f"{dead.pid}-1")
+    os.mkdir(starting)
+    os.mkdir(left)
+    made = None
+    try:
+        _, made = portal_run.make_cgroup(f"{os.getpid()}-2")
+        assert os.path.isdir(starting), "the live session's cgroup stays"
+        assert not os.path.exists(left), "the killed session's empty cgroup goes"
+    finally:
+        for d in (starting, left, made):
+            if d and os.path.isdir(d):
+                os.rmdir(d)

@@ -33,6 +33,8 @@ def make_cgroup(session_id: str):
     parent = os.path.join(root, CGROUP_PARENT)
     os.makedirs(parent, exist_ok=True)
     for name in os.listdir(parent):  # what killed sessions left: empty ones go
+        if _alive(name.split("-")[0]):  # a session starting beside this one: its cgroup is empty until its command enters
+            continue
         try:
             os.rmdir(os.path.join(parent, name))
         except OSError:
@@ -40,6 +42,17 @@ def make_cgroup(session_id: str):
     relative = f"{CGROUP_PARENT}/{session_id}"
     os.mkdir(os.path.join(root, relative))
     return relative, os.path.join(root, relative)
+
+
+def _alive(pid: str) -> bool:
+    """Whether the vpn-firewall process that made a session's cgroup (named PID-TIME) still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_cgroup(directory: str) -> None:
