@@ -88,7 +88,7 @@ test-unit:
 # Every layer: language, kernel in namespaces, ferm, fail-closed, package + lintian, boot.
 # Side by side first (each test has its own namespaces and state), then the tests that
 # measure time, alone.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 8
 test: test-deps deb
 	$(PYTHON) -m pyflakes usr/lib/vpn-firewall/vpnfw usr/lib/vpn-firewall/vpn-firewall tests bench
 	VPN_FIREWALL_DEB=$(CURDIR)/$(DEB) $(PYTHON) -m pytest -v -p no:cacheprovider -n $(TEST_WORKERS) --durations=15 -m "not alone" tests

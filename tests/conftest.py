@@ -221,24 +221,40 @@ def pytest_terminal_summary(terminalreporter):
         write(f"{case:36} {backend:8} {with_fw:>12} {shown_without:>8}  {verdict}")
 
 
-# A minimal Debian 12 tree for the boot tests (test_boot*.py), cached across runs.
+# Minimal Debian 12 trees for the boot tests (test_boot*.py, test_networkmanager.py), cached
+# across runs, each named by what it includes: a new name is a new tree.
 CACHE = os.environ.get("VPN_FIREWALL_TEST_CACHE", "/var/cache/vpn-firewall-tests")
-BOOT_BASE = os.path.join(CACHE, "bookworm-base-nft")  # named by what it includes: a new name is a new tree
 BOOT_INCLUDE = "systemd,systemd-sysv,dbus,iptables,python3,iproute2,ifupdown,nftables"
+TREES = {
+    "bookworm-base-nft": BOOT_INCLUDE,
+    # NetworkManager with its OpenVPN plugin; systemd-resolved in, purged where a test wants
+    # Debian's default (NetworkManager writing resolv.conf itself)
+    "bookworm-nm-resolved": BOOT_INCLUDE + ",network-manager,network-manager-openvpn,openvpn,systemd-resolved",
+}
+
+
+def cached_tree(name: str) -> str:
+    """The tree, made once by mmdebstrap from Debian's packages (20-60 s)."""
+    import fcntl
+
+    path = os.path.join(CACHE, name)
+    os.makedirs(CACHE, exist_ok=True)
+    with open(os.path.join(CACHE, "lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # tests side by side: one of them makes it
+        if not os.path.isdir(path):
+            tmp = path + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={TREES[name]}", "bookworm", tmp],
+                           check=True, capture_output=True)
+            os.rename(tmp, path)
+    return path
 
 
 @pytest.fixture(scope="module")
 def base():
-    """A cached minimal bookworm tree (mmdebstrap from Debian's packages, about 20 s once)."""
-    import fcntl
+    return cached_tree("bookworm-base-nft")
 
-    os.makedirs(CACHE, exist_ok=True)
-    with open(os.path.join(CACHE, "lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # tests side by side: one of them makes it
-        if not os.path.isdir(BOOT_BASE):
-            tmp = BOOT_BASE + ".tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={BOOT_INCLUDE}", "bookworm", tmp],
-                           check=True, capture_output=True)
-            os.rename(tmp, BOOT_BASE)
-    return BOOT_BASE
+
+@pytest.fixture(scope="module")
+def nm_base():
+    return cached_tree("bookworm-nm-resolved")

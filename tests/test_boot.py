@@ -26,13 +26,16 @@ INTERFACES = "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet stat
 
 
 def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, enable=(), upper=None,
-         files=None, deb=None, capture=None, installed=None):
+         files=None, deb=None, capture=None, installed=None, interfaces=INTERFACES, peer=None, nspawn=(), chroot=()):
     """Boot a guest on an overlay of the base tree; return (results dir, console output).
     upper: the overlay of an earlier boot, to boot the same machine again.
-    files: guest path -> text, written before the boot (drop-ins, units); deb: another .deb
+    files: guest path -> text (or (text, mode)), written before the boot (drop-ins, units); deb: another .deb
     copied in as /root/next.deb (an upgrade); capture: a file where tcpdump writes what the
     guest sends on its eth0, as the machine on the other end of the cable sees it;
-    installed: the .deb preinstalled, if not the one under test (an older version)."""
+    installed: the .deb preinstalled, if not the one under test (an older version);
+    interfaces: ifupdown's file (without eth0 when NetworkManager configures it);
+    peer(namespace): sets up the other end of the cable, returns what stops it;
+    nspawn: more arguments for systemd-nspawn; chroot: shell commands run in the tree before it boots."""
     work, root = tmp_path / "work", tmp_path / "root"
     for d in (work, root):
         d.mkdir()
@@ -42,7 +45,7 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={base},upperdir={upper},workdir={work}", str(root)], check=True)
     ns = f"vpnfw-boot-{os.getpid()}-{scenario}"
-    tcpdump = None
+    tcpdump = stop_peer = None
     try:
         shutil.copy(os.path.join(HERE, "guest-check.sh"), root / "root")
         shutil.copy(os.path.join(HERE, "flood.py"), root / "root")
@@ -53,12 +56,15 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
             (wants / "guest-check.service").symlink_to("/etc/systemd/system/guest-check.service")
         (root / "root/scenario").write_text(scenario)
         for guest_path, text in (files or {}).items():
+            text, mode = text if isinstance(text, tuple) else (text, None)
             target = root / guest_path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
+            if mode is not None:
+                target.chmod(mode)
         if deb:
             shutil.copy(deb, root / "root/next.deb")
-        (root / "etc/network/interfaces").write_text(INTERFACES)
+        (root / "etc/network/interfaces").write_text(interfaces)
         shutil.copy(installed or DEB, root / "root/vpn-firewall.deb")
         if preinstall:
             out = subprocess.run(["chroot", str(root), "dpkg", "-i", "/root/vpn-firewall.deb"],
@@ -69,6 +75,9 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
         for unit in enable:  # enabled as 'systemctl enable' would (the units' WantedBy=sysinit.target)
             (root / "etc/systemd/system/sysinit.target.wants").mkdir(exist_ok=True)
             (root / f"etc/systemd/system/sysinit.target.wants/{unit}").symlink_to(f"/lib/systemd/system/{unit}")
+        for command in chroot:
+            out = subprocess.run(["chroot", str(root), "sh", "-c", command], capture_output=True, text=True)
+            assert out.returncode == 0, command + ": " + out.stdout + out.stderr
         if legacy:
             for tool in ("iptables", "ip6tables"):
                 subprocess.run(["chroot", str(root), "update-alternatives", "--set", tool,
@@ -78,6 +87,8 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
         subprocess.run(["ip", "netns", "add", ns + "-peer"], check=True)
         subprocess.run(["ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", "eth0p",
                         "netns", ns + "-peer"], check=True)
+        if peer:
+            stop_peer = peer(ns + "-peer")
         if capture:
             subprocess.run(["ip", "-n", ns + "-peer", "link", "set", "eth0p", "up"], check=True)
             tcpdump = subprocess.Popen(["ip", "netns", "exec", ns + "-peer", "tcpdump", "-Z", "root", "--immediate-mode",
@@ -89,7 +100,7 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
             ["sh", "-c", 'for g in $0; do echo $$ > "$g/cgroup.procs"; done; exec "$@"', " ".join(cgroups),
              "timeout", "180", "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
              f"--network-namespace-path=/run/netns/{ns}", "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
-             "--console=read-only", "-D", str(root)],
+             "--console=read-only", *nspawn, "-D", str(root)],
             capture_output=True, text=True)
         if tcpdump is not None:
             time.sleep(0.3)
@@ -100,6 +111,8 @@ def boot(tmp_path, base, scenario, config=None, preinstall=True, legacy=False, e
         shutil.rmtree(root / "root/results")  # a next boot of the same machine writes its own
         return results, console.stdout + console.stderr
     finally:
+        if stop_peer:
+            stop_peer()
         remove_cgroups(ns)
         if tcpdump is not None and tcpdump.poll() is None:
             tcpdump.kill()

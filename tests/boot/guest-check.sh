@@ -114,4 +114,7 @@ if [ "$(cat /root/scenario)" = upgrade ]; then
     python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b"x", ("192.0.2.2", 9)) for _ in range(5)]'
     sleep 0.5
 fi
+case "$(cat /root/scenario)" in
+nm*) sh /root/guest-nm.sh ;;  # NetworkManager's OpenVPN (test_networkmanager.py)
+esac
 echo done > $R/done
