@@ -49,7 +49,7 @@ def endpoints(patterns, warn) -> Servers:
             named += servers.endpoints
             wireguard = wireguard or (servers.wireguard and bool(servers.endpoints))
         if not named:
-            warn(f"{pattern.pos}: warning: $VPN_CLIENT_CONFIGS: the files {pattern.text!r} matches name no VPN "
+            warn(f"{pattern.pos}: warning: $VPN_CLIENT_CONFIGS: the files that {pattern.text!r} matches name no VPN "
                  "server (no OpenVPN 'remote', WireGuard 'Endpoint', NetworkManager VPN or WireGuard peer)")
         found += named
     return Servers(tuple(found), wireguard)
