@@ -22,7 +22,7 @@ alone = pytest.mark.alone
 
 # Side by side, the longest tests start first (files by what their tests take, measured),
 # so that none of them is the last one left running on a worker while the others sit idle.
-LONGEST_FIRST = ("test_guard_soak.py", "test_boot_lifecycle.py", "test_portal.py", "test_e2e.py",
+LONGEST_FIRST = ("test_guard_soak.py", "test_networkmanager.py", "test_boot_lifecycle.py", "test_portal.py", "test_e2e.py",
                  "test_openconnect.py", "test_boot.py", "test_wireguard.py", "test_other_tools.py",
                  "test_hardening.py", "test_ferm_diff.py", "test_fuzz.py", "test_leak_test.py", "test_kernel.py",
                  "test_fail_closed.py")
