@@ -120,6 +120,30 @@ def test_the_fence_jump_not_first_is_a_hole_not_a_reordering(tmp_path):
     assert (D.HOLE, "security OUTPUT has other rules before its jump to VPNFW-OUTPUT") in found
 
 
+def test_each_difference_names_its_table_so_the_guard_restores_only_that_one(tmp_path):
+    rules = ruleset(tmp_path)["ip"]
+    text = saved_after(restore_input(rules, {}))
+    head, fence = text.split("*security\n")
+    changed = head + "*security\n" + fence.replace("-A VPNFW-OUTPUT -o lo -j RETURN\n", "", 1)
+    assert changed != text
+    dump = kernel.parse_save(changed)
+    assert {(kind, table) for kind, table, _ in D.differences_by_table(dump, rules)} == {(D.HOLE, "security")}
+    only = restore_input(rules, kernel.table_states(dump), only={"security"})
+    assert only.startswith("*security\n") and "*filter" not in only and only.count("COMMIT\n") == 1
+    assert "-A VPNFW-OUTPUT -o lo -j RETURN" in only
+
+
+def test_a_policy_that_is_drop_already_is_not_set_again(tmp_path):
+    """nf_tables waits ~18 ms in a commit that sets a built-in chain's policy."""
+    rules = ruleset(tmp_path)["ip"]
+    text = saved_after(restore_input(rules, {}))
+    again = restore_input(rules, kernel.table_states(kernel.parse_save(text)))
+    assert ":OUTPUT DROP" not in again and ":INPUT DROP" not in again
+    opened = kernel.parse_save(text.replace(":OUTPUT DROP [0:0]", ":OUTPUT ACCEPT [0:0]", 1))
+    fixed = restore_input(rules, kernel.table_states(opened))
+    assert ":OUTPUT DROP [0:0]" in fixed and ":INPUT DROP" not in fixed
+
+
 def _newgen(pid: int, name: bytes) -> bytes:
     attrs = b""
     for atype, value in ((NFTA_GEN_PROC_PID, struct.pack("!I", pid)), (NFTA_GEN_PROC_NAME, name + b"\0")):

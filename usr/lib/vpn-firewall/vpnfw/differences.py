@@ -18,6 +18,11 @@ HOLE, REORDERED, POLICY = "hole", "reordered", "policy"
 
 def classified_differences(dump, rules, printed=None) -> list:
     """[(kind, text)]: how an iptables-save dump differs from `rules`: policies, jumps, our chains."""
+    return [(kind, text) for kind, table, text in differences_by_table(dump, rules, printed)]
+
+
+def differences_by_table(dump, rules, printed=None) -> list:
+    """[(kind, table, text)]: classified_differences with the table each is in."""
     state = kernel.table_states(dump)
     printed = printed if printed is not None else with_lines(rules)
     found = []
@@ -28,28 +33,28 @@ def classified_differences(dump, rules, printed=None) -> list:
         for builtin in chains_of(table, rules, state):
             mine = our_chain(builtin)
             if table == "filter" and policies.get(builtin) != "DROP":
-                found.append((POLICY, f"{table} {builtin} policy is {policies.get(builtin)}, not DROP"))
+                found.append((POLICY, table, f"{table} {builtin} policy is {policies.get(builtin)}, not DROP"))
             count = ts.jumps.get(builtin, 0)
             if count == 0:
-                found.append((HOLE, f"{table} {builtin} does not jump to {mine}"))
+                found.append((HOLE, table, f"{table} {builtin} does not jump to {mine}"))
             elif count > 1:
-                found.append((HOLE, f"{table} {builtin} jumps to {mine} more than once"))
+                found.append((HOLE, table, f"{table} {builtin} jumps to {mine} more than once"))
             elif builtin not in ts.first:
                 kind = HOLE if table == FENCE_TABLE else REORDERED
-                found.append((kind, f"{table} {builtin} has other rules before its jump to {mine}"))
+                found.append((kind, table, f"{table} {builtin} has other rules before its jump to {mine}"))
         declared = chains_declared(table, rules, state)
         for mine in declared:
             got, want = lines.get(mine), expected.get(mine, [])
             if got is None:
-                found.append((HOLE, f"{table} chain {mine} is missing"))
+                found.append((HOLE, table, f"{table} chain {mine} is missing"))
             elif got != want:
                 first = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-                found.append((HOLE,
+                found.append((HOLE, table,
                     f"{table} chain {mine} differs at rule {first + 1}: kernel has "
                     f"{got[first] if first < len(got) else 'nothing'!r}, expected "
                     f"{want[first] if first < len(want) else 'nothing'!r}"
                 ))
-        found += [(HOLE, f"{table} chain {c} should not be there") for c in sorted(ts.chains - set(declared))]
+        found += [(HOLE, table, f"{table} chain {c} should not be there") for c in sorted(ts.chains - set(declared))]
     return found
 
 

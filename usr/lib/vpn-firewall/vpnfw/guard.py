@@ -301,23 +301,25 @@ class Guard:
                 except LoadError as e:
                     self.log("error", f"{family}: cannot read the rules: {e}")
                     continue
-                holes = self._differences(family, dump, who)
+                holes, tables = self._differences(family, dump, who)
                 if holes:
-                    broken[family] = (dump, holes)
+                    broken[family] = (dump, holes, tables)
             if broken:
                 self._repair(broken, who)  # changes the look: the next tick compares once more
 
-    def _differences(self, family, dump, who) -> list:
-        """The holes; harmless changes are reported once (not beside holes: they are put right too)."""
-        found = differences.classified_differences(dump, self._target(family))
-        holes = [text for kind, text in found if kind == differences.HOLE]
+    def _differences(self, family, dump, who):
+        """(the holes, the tables to restore); harmless changes are reported once (not beside
+        holes: they are put right too, in the tables that have holes)."""
+        found = differences.differences_by_table(dump, self._target(family))
+        holes = [text for kind, table, text in found if kind == differences.HOLE]
+        tables = {table for kind, table, text in found if kind == differences.HOLE}
         if not holes:
-            harmless = [text for kind, text in found if kind != differences.HOLE]
+            harmless = [text for kind, table, text in found if kind != differences.HOLE]
             if harmless and harmless != self.noted.get(family):
                 self.log("notice", f"{family}: changed by another program, harmless (the fence still decides "
                                    f"what leaves): {'; '.join(harmless)}{_by(who)}")
             self.noted[family] = harmless
-        return holes
+        return holes, tables
 
     def _target(self, family):
         """The recorded rules; the lockdown while a failed repair waits for its retry."""
@@ -331,10 +333,10 @@ class Guard:
         """Every broken family's rules restored side by side, then each verified; a family
         that cannot be repaired gets the lockdown and a retry later."""
         started = time.monotonic()
-        restoring = {f: kernel.start_restore(f, restore_input(self._target(f), kernel.table_states(dump)))
-                     for f, (dump, _) in broken.items()}
+        restoring = {f: kernel.start_restore(f, restore_input(self._target(f), kernel.table_states(dump), only=tables))
+                     for f, (dump, _, tables) in broken.items()}
         self.own_commits = {r.pid for r in restoring.values() if r.pid}
-        for family, (dump, holes) in broken.items():
+        for family, (dump, holes, _) in broken.items():
             try:
                 kernel.check_restored(restoring[family])
                 ms = (time.monotonic() - started) * 1000  # in force from here; the check below only confirms

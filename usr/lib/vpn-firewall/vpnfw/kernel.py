@@ -220,7 +220,8 @@ def table_states(dump: Dump) -> dict:
                 jumps[c] = n
                 if lines[0] == jump:
                     first.add(c)
-        states[table] = TableState(jumps, ours, frozenset(first))
+        dropping = frozenset(c for c in builtins if policies.get(c) == "DROP")
+        states[table] = TableState(jumps, ours, frozenset(first), dropping)
     return states
 
 
