@@ -4,7 +4,7 @@ network namespaces made for it, against the bare stack and against connection tr
 (the floor: the kill switch needs conntrack), for packets into the tunnel and for the VPN
 client's own packets to a listed server, at 1, 1,000 and 10,000 mixed IPv4/IPv6 servers, on
 both iptables backends. Nothing leaves a namespace: the "LAN" is a veth whose peer is down,
-the "tunnel" a dummy device named tun0 (the kill switch tells the tunnel by its name).
+the "tunnel" another such veth named tun0 (the kill switch tells the tunnel by its name).
 
     per_packet.py [ROUNDS] [SENDS]     prints a table and the ratios; JSON on the last line
 
@@ -63,8 +63,8 @@ ip route add default via 192.0.2.254 dev v0 onlink
 ip -6 route add default via 2001:db8:ffff::254 dev v0 onlink
 ip neigh replace 192.0.2.254 lladdr 02:00:00:00:00:fe dev v0 nud permanent
 ip -6 neigh replace 2001:db8:ffff::254 lladdr 02:00:00:00:00:fe dev v0 nud permanent
-ip link add tun0 type dummy
-ip link set tun0 up
+ip link add tun0 type veth peer name tunp
+ip link set tun0 arp off up
 ip addr add 10.8.0.2/24 dev tun0
 ip -6 addr add 2001:db8:8::2/64 dev tun0 nodad
 ip route add 203.0.113.0/24 dev tun0
@@ -127,7 +127,8 @@ class Bed:
         """'name,addr,port' for the sender: the tunnel in both families; the last listed
         udp server of each family (the end of the sorted list: the deepest in any tree)."""
         out = [f"tunnel {fam},{addr},{port}" for fam, (addr, port) in TUNNEL.items()]
-        listed = endpoints(max(self.servers, 2))  # one server: the first of the list; v6 needs two
+        # the listed ones (one server: an IPv4 one only); without the kill switch any address does
+        listed = endpoints(self.servers if self.rules == "kill switch" else 2)
         for family in ("ip", "ip6"):
             udp = [(a, p) for fam, a, p, proto in listed if fam == family and proto == "udp"]
             if udp:

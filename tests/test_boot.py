@@ -177,7 +177,7 @@ def test_boot_loads_the_kill_switch_before_the_network(tmp_path, base):
     for name in ("boot-ip.save", "boot-ip6.save"):
         save = (results / name).read_text()
         assert ":OUTPUT DROP" in save and "-A OUTPUT -j VPNFW-OUTPUT" in save
-    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j ACCEPT" in (results / "boot-ip.save").read_text()
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW" in (results / "boot-ip.save").read_text()
     assert f["guard_active"] == "active", (results / "journal").read_text()
     assert "guarding the rules in force" in (results / "journal").read_text()
 
@@ -194,7 +194,7 @@ def test_the_second_boot_with_an_unchanged_config_loads_the_cached_compile(tmp_p
     assert f["active"] == "active" and 0 < int(f["fw_exit"]) < int(f["netpre"]), f
     assert "the config is unchanged since it was compiled last (cache)" in (results / "journal").read_text()
     save = (results / "boot-ip.save").read_text()
-    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j ACCEPT" in save
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW" in save
 
 
 def test_boot_with_nftables_enabled_ends_with_the_kill_switch_in_force(tmp_path, base):

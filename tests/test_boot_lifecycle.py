@@ -167,7 +167,7 @@ def test_a_sandbox_that_cannot_be_set_up_boots_with_the_last_verified_rules(tmp_
         assert "VPNFW" not in save and "DROP" not in save, "the boot came up open: the control shows the hole"
         return
     assert closed_before_the_network(f), f
-    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j ACCEPT" in save, save
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW" in save, save
     assert ":OUTPUT DROP" in save and "lockdown" not in save and "-A OUTPUT -j VPNFW-OUTPUT" in save6
     journal = (results / "journal").read_text()
     assert "ip: the last verified rules loaded (the config is unchanged since they were)" in journal, journal
@@ -312,7 +312,7 @@ def test_a_networkmanager_connection_saved_and_edited_reaches_the_kill_switch(tm
                             files={"/etc/NetworkManager/system-connections/.keep": ""})
     assert facts(results)["result"] == "success", console
     first, second = (results / "keyfile-1.save").read_text(), (results / "keyfile-2.save").read_text()
-    assert "-A VPNFW-OUTPUT -d 198.51.100.44/32 -p udp -m udp --dport 1194 -j ACCEPT" in first, \
+    assert "-A VPNFW-OUTPUT -d 198.51.100.44/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW" in first, \
         (results / "keyfile.journal").read_text()
-    assert "-A VPNFW-OUTPUT -d 198.51.100.45/32 -p tcp -m tcp --dport 443 -j ACCEPT" in second
+    assert "-A VPNFW-OUTPUT -d 198.51.100.45/32 -p tcp -m tcp --dport 443 -j VPNFW-SERVER-FLOW" in second
     assert "198.51.100.44" not in second, "the old server is gone with the edit"

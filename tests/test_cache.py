@@ -56,7 +56,7 @@ def test_an_unchanged_config_is_loaded_from_the_cache_with_the_same_rules(tmp_pa
     first = start(conf)
     assert first.returncode == 0 and CACHED not in first.stderr, first.stderr
     compiled = start.rules()
-    assert "-A VPNFW-OUTPUT -d 198.51.100.8/32 -p udp -m udp --dport 1194 -j ACCEPT" in compiled
+    assert "-A VPNFW-OUTPUT -d 198.51.100.8/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW" in compiled
     second = start(conf)
     assert second.returncode == 0 and CACHED in second.stderr, second.stderr
     assert start.rules() == compiled
@@ -93,19 +93,19 @@ def _edit(path, old, new):
 
 CHANGES = {
     "the config file": (lambda t, c: _edit(f"{c}/30_user.conf", "198.51.100.7", "198.51.100.17"),
-                        "-A VPNFW-OUTPUT -d 198.51.100.17/32 -p udp -m udp --dport 1194 -j ACCEPT"),
+                        "-A VPNFW-OUTPUT -d 198.51.100.17/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW"),
     "a new file in the directory": (lambda t, c: write_config(c, {"40_more.conf": "chain OUTPUT proto tcp dport 25 REJECT;\n"}),
                                     "-A VPNFW-OUTPUT -p tcp -m tcp --dport 25 -j REJECT --reject-with icmp-port-unreachable"),
     "an included file": (lambda t, c: _edit(f"{c}/extra.ferm", "dport 22", "dport 2222"),
                          "-A VPNFW-INPUT -p tcp -m tcp --dport 2222 -j ACCEPT"),
     "the pinned addresses": (lambda t, c: _edit(f"{t}/state/pinned.json", "198.51.100.8", "198.51.100.9"),
-                             "-A VPNFW-OUTPUT -d 198.51.100.9/32 -p udp -m udp --dport 1194 -j ACCEPT"),
+                             "-A VPNFW-OUTPUT -d 198.51.100.9/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW"),
     "/etc/services": (lambda t, c: _edit(f"{t}/services", "http 80/tcp", "http 8000/tcp"),
                       "-A VPNFW-OUTPUT -o eth0 -p tcp -m tcp --dport 8000 -j ACCEPT"),
     "a VPN client config": (lambda t, c: _edit(f"{t}/vpn/wg0.conf", "51820", "51821"),
-                            "-A VPNFW-OUTPUT -d 203.0.113.5/32 -p udp -m udp --dport 51821 -j ACCEPT"),
+                            "-A VPNFW-OUTPUT -d 203.0.113.5/32 -p udp -m udp --dport 51821 -j VPNFW-SERVER-FLOW"),
     "a new VPN client config": (lambda t, c: (t / "vpn" / "wg1.conf").write_text("[Peer]\nEndpoint = 203.0.113.6:1\n"),
-                                "-A VPNFW-OUTPUT -d 203.0.113.6/32 -p udp -m udp --dport 1 -j ACCEPT"),
+                                "-A VPNFW-OUTPUT -d 203.0.113.6/32 -p udp -m udp --dport 1 -j VPNFW-SERVER-FLOW"),
 }
 
 

@@ -94,14 +94,14 @@ def test_openvpn_and_wireguard_endpoints_become_vpn_servers(tmp_path, monkeypatc
     monkeypatch.setenv("VPN_FIREWALL_STATE_DIR", str(state))
     compiled = compile_with(tmp_path, [f"{d}/*.ovpn", f"{d}/wg*.conf"])
     assert server_rules(compiled, "ip") == [
-        "-A VPNFW-OUTPUT -d 198.51.100.10/32 -p udp -m udp --dport 1196 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 198.51.100.20/32 -p tcp -m tcp --dport 443 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 198.51.100.30/32 -p tcp -m tcp --dport 1195 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 203.0.113.5/32 -p udp -m udp --dport 51820 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 198.51.100.10/32 -p udp -m udp --dport 1196 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 198.51.100.20/32 -p tcp -m tcp --dport 443 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 198.51.100.30/32 -p tcp -m tcp --dport 1195 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 203.0.113.5/32 -p udp -m udp --dport 51820 -j VPNFW-SERVER-FLOW",
     ]
     assert server_rules(compiled, "ip6") == [
-        "-A VPNFW-OUTPUT -d 2001:db8::30/128 -p udp -m udp --dport 1196 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 2001:db8::5/128 -p udp -m udp --dport 51821 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 2001:db8::30/128 -p udp -m udp --dport 1196 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 2001:db8::5/128 -p udp -m udp --dport 51821 -j VPNFW-SERVER-FLOW",
     ]
     # the host names are for refresh to pin, as in $VPN_SERVERS
     hosts = sorted(ep.host for ep in compiled.settings.vpn_servers if ep.host)
@@ -223,16 +223,16 @@ def test_networkmanager_and_networkd_keep_the_servers_we_read(tmp_path, monkeypa
     vpn_config(networkd, "50-wg2.netdev", NETDEV, mode=0o640)
     compiled = compile_with(tmp_path, [f"{nm}/*.nmconnection", f"{networkd}/*.netdev"])
     assert server_rules(compiled, "ip") == [
-        "-A VPNFW-OUTPUT -d 198.51.100.60/32 -p tcp -m tcp --dport 443 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 198.51.100.60/32 -p udp -m udp --dport 443 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 198.51.100.50/32 -p udp -m udp --dport 51820 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 198.51.100.40/32 -p udp -m udp --dport 1194 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 198.51.100.41/32 -p tcp -m tcp --dport 443 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 198.51.100.70/32 -p udp -m udp --dport 51820 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 198.51.100.60/32 -p tcp -m tcp --dport 443 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 198.51.100.60/32 -p udp -m udp --dport 443 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 198.51.100.50/32 -p udp -m udp --dport 51820 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 198.51.100.40/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 198.51.100.41/32 -p tcp -m tcp --dport 443 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 198.51.100.70/32 -p udp -m udp --dport 51820 -j VPNFW-SERVER-FLOW",
     ]
     assert server_rules(compiled, "ip6") == [
-        "-A VPNFW-OUTPUT -d 2001:db8::50/128 -p udp -m udp --dport 51821 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 2001:db8::40/128 -p udp -m udp --dport 1196 -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 2001:db8::50/128 -p udp -m udp --dport 51821 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 2001:db8::40/128 -p udp -m udp --dport 1196 -j VPNFW-SERVER-FLOW",
     ]
     assert [ep.host for ep in compiled.settings.vpn_servers if ep.host] == ["nm.vpn.example.net"]
     assert SECRET not in said(compiled)
@@ -286,7 +286,7 @@ def test_the_client_whose_config_names_the_only_server_connects(tmp_path):
         assert f"-d {T.ROUTER_V4}/32" not in bed.in_ns(bed.client, ["iptables-save"]).stdout
         out = bed.loader("reload")  # what the path unit does when a client config changes
         assert out.returncode == 0, out.stderr
-        assert f"-A VPNFW-OUTPUT -d {T.ROUTER_V4}/32 -p udp -m udp --dport {T.VPN_PORT} -j ACCEPT" in \
+        assert f"-A VPNFW-OUTPUT -d {T.ROUTER_V4}/32 -p udp -m udp --dport {T.VPN_PORT} -j VPNFW-SERVER-FLOW" in \
             bed.in_ns(bed.client, ["iptables-save"]).stdout
         bed.wait_tunnel()
         assert bed.fetch(T.WEB_V4).startswith("10.8.0.")

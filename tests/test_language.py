@@ -21,6 +21,8 @@ def compile_text(tmp_path, text, name="30_user.conf", extra=None):
 def user_lines(tmp_path, text, family="ip"):
     """Rule lines of the user's rules only (those not in a config without them)."""
     base = {rule_line(r) for r in compile_text(tmp_path / "base", "").ruleset[family]}
+    # without rules of the user's the tunnel has a chain of its own (policy.TUNNEL_OUT_CHAIN)
+    base |= {line.replace("-A VPNFW-TUNNEL-OUT ", "-A VPNFW-OUTPUT ") for line in base}
     return [rule_line(r) for r in compile_text(tmp_path, text).ruleset[family] if rule_line(r) not in base]
 
 
@@ -134,16 +136,16 @@ def test_endpoint_forms(tmp_path):
         ("ip", "198.51.100.0/28", "51820", "udp"),
     ]
     lines = [rule_line(r) for r in compile_text(tmp_path / "x", text).ruleset["ip"]]
-    assert "-A VPNFW-OUTPUT -d 192.0.2.5/32 -j ACCEPT" in lines
-    assert "-A VPNFW-OUTPUT -d 192.0.2.6/32 -p udp -m udp --dport 1723 -j ACCEPT" in lines
-    assert "-A VPNFW-OUTPUT -d 192.0.2.6/32 -p tcp -m tcp --dport 1723 -j ACCEPT" in lines
+    assert "-A VPNFW-OUTPUT -d 192.0.2.5/32 -j VPNFW-SERVER-FLOW" in lines
+    assert "-A VPNFW-OUTPUT -d 192.0.2.6/32 -p udp -m udp --dport 1723 -j VPNFW-SERVER-FLOW" in lines
+    assert "-A VPNFW-OUTPUT -d 192.0.2.6/32 -p tcp -m tcp --dport 1723 -j VPNFW-SERVER-FLOW" in lines
 
 
 def test_vpn_user_restricts_endpoints(tmp_path):
     text = "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n@def $VPN_USER = root;\n@def $VPN_GROUP = 0;"
     lines = [rule_line(r) for r in compile_text(tmp_path, text).ruleset["ip"]]
-    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -m owner --uid-owner 0 -j ACCEPT" in lines
-    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -m owner --gid-owner 0 -j ACCEPT" in lines
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -m owner --uid-owner 0 -j VPNFW-SERVER-FLOW" in lines
+    assert "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -m owner --gid-owner 0 -j VPNFW-SERVER-FLOW" in lines
     assert not any("--dport 1194 -j ACCEPT" in line for line in lines)
 
 
@@ -154,14 +156,14 @@ def test_several_vpn_users_and_a_fwmark_may_reach_the_servers(tmp_path):
             "@def $VPN_FWMARK = 51820;\n")
     lines = [rule_line(r) for r in compile_text(tmp_path, text).ruleset["ip"] if "--dport 51820" in rule_line(r)]
     assert lines == [
-        "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -m owner --uid-owner 0 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -m owner --uid-owner 65534 -j ACCEPT",
-        "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -m mark --mark 0xca6c/0xefffffff -j ACCEPT",
+        "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -m owner --uid-owner 0 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -m owner --uid-owner 65534 -j VPNFW-SERVER-FLOW",
+        "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -m mark --mark 0xca6c/0xefffffff -j VPNFW-SERVER-FLOW",
     ]
     # without an owner the mark changes nothing: anyone may reach the servers anyway
     plain = [rule_line(r) for r in compile_text(tmp_path / "b", "@def $VPN_SERVERS = (198.51.100.7:51820/udp);\n"
                                                 "@def $VPN_FWMARK = 51820;\n").ruleset["ip"] if "--dport 51820" in rule_line(r)]
-    assert plain == ["-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -j ACCEPT"]
+    assert plain == ["-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 51820 -j VPNFW-SERVER-FLOW"]
 
 
 @pytest.mark.parametrize("mark, says", [("0x10000001", "uses bit 0x10000000 or 0x20000000"), ("0", "expected a mark"),
@@ -183,10 +185,14 @@ def test_an_owner_with_a_wireguard_tunnel_and_no_fwmark_is_a_warning(tmp_path):
 def test_dns_servers_only_through_the_tunnel(tmp_path):
     text = "@def $DNS_SERVERS = (10.8.0.1 2001:db8:8::1);\n@def $VPN_INTERFACES = tun0;\n@def $ALLOW_LAN = yes;"
     lines = [rule_line(r) for r in compile_text(tmp_path, text).ruleset["ip"]]
-    accept = "-A VPNFW-OUTPUT -d 10.8.0.1/32 -o tun0 -p udp -m udp --dport 53 -j ACCEPT"
+    # the tunnel's packets go to its chain first (no rules of the user's come before)
+    into = "-A VPNFW-OUTPUT -o tun0 -j VPNFW-TUNNEL-OUT"
+    accept = "-A VPNFW-TUNNEL-OUT -d 10.8.0.1/32 -o tun0 -p udp -m udp --dport 53 -j ACCEPT"
+    in_tunnel = "-A VPNFW-TUNNEL-OUT -o tun0 -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable"
     reject = "-A VPNFW-OUTPUT -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable"
     lan = "-A VPNFW-OUTPUT -d 10.0.0.0/8 -j ACCEPT"
-    assert lines.index(accept) < lines.index(reject) < lines.index(lan)
+    assert lines.index(into) < lines.index(reject) < lines.index(lan)
+    assert lines.index(accept) < lines.index(in_tunnel)
     assert not any("2001:db8:8::1" in line for line in lines)
 
 
@@ -471,9 +477,9 @@ def test_host_name_endpoints_use_the_pinned_addresses(tmp_path, monkeypatch):
     (tmp_path / "state" / "pinned.json").write_text(json.dumps(
         {"vpn.example.net": {"addresses": ["198.51.100.9", "2001:db8::9"], "resolved": 1}}))
     compiled = compile_text(tmp_path / "b", text)
-    assert "-A VPNFW-OUTPUT -d 198.51.100.9/32 -p udp -m udp --dport 1194 -j ACCEPT" in [
+    assert "-A VPNFW-OUTPUT -d 198.51.100.9/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW" in [
         rule_line(r) for r in compiled.ruleset["ip"]]
-    assert "-A VPNFW-OUTPUT -d 2001:db8::9/128 -p udp -m udp --dport 1194 -j ACCEPT" in [
+    assert "-A VPNFW-OUTPUT -d 2001:db8::9/128 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW" in [
         rule_line(r) for r in compiled.ruleset["ip6"]]
 
 

@@ -29,10 +29,10 @@ def man_example(title: str) -> str:
 
 
 EXAMPLES = {
-    "PPTP": ("PPTP (", ["-A VPNFW-OUTPUT -d 198.51.100.7/32 -p tcp -m tcp --dport 1723 -j ACCEPT",
+    "PPTP": ("PPTP (", ["-A VPNFW-OUTPUT -d 198.51.100.7/32 -p tcp -m tcp --dport 1723 -j VPNFW-SERVER-FLOW",
                         "-d 198.51.100.7/32 -p gre -j ACCEPT", "-o ppp+"]),
-    "IPsec": ("IPsec (", ["-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 500 -j ACCEPT",
-                          "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 4500 -j ACCEPT",
+    "IPsec": ("IPsec (", ["-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 500 -j VPNFW-SERVER-FLOW",
+                          "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 4500 -j VPNFW-SERVER-FLOW",
                           "-d 198.51.100.7/32 -p esp -j ACCEPT", "-m policy --dir out --pol ipsec -j ACCEPT"]),
 }
 

@@ -36,12 +36,12 @@ def test_refresh_pins_and_the_vpn_connects(tmp_path, backend):
         assert out.returncode == 0, out.stderr
         assert "vpn.example.net: 198.19.0.254" in out.stderr
         assert "www.example.net: 198.18.0.10" in out.stderr, "@resolve's names are refreshed too"
-        assert "-A VPNFW-OUTPUT -d 198.18.0.10/32 -p tcp -m tcp --dport 8080 -j ACCEPT" in \
+        assert "-A VPNFW-OUTPUT -d 198.18.0.10/32 -p tcp -m tcp --dport 8080 -j VPNFW-SERVER-FLOW" in \
             bed.in_ns(bed.client, ["iptables-save"]).stdout
         pins = json.loads((tmp_path / "state" / "pinned.json").read_text())
         assert pins["vpn.example.net"]["addresses"] == ["198.19.0.254"]
         save = bed.in_ns(bed.client, ["iptables-save"]).stdout
-        assert "-A VPNFW-OUTPUT -d 198.19.0.254/32 -p udp -m udp --dport 1194 -j ACCEPT" in save
+        assert "-A VPNFW-OUTPUT -d 198.19.0.254/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW" in save
         assert "vpn-firewall refresh" not in save, "the DNS allowance is gone"
         assert bed.probe("dns", T.ROUTER_V4) == "error:EPERM", "and DNS is closed again"
         bed.start_vpn_server()

@@ -63,7 +63,7 @@ def test_a_long_list_is_split_and_passes_exactly_the_servers(tmp_path, netns, ba
     conf = write_config(tmp_path / "conf", {"30_user.conf": config(SERVERS)})
     shown = run_loader(["--config-dir", conf, "show"], env=env).stdout
     assert "-A VPNFW-OUTPUT -m iprange --dst-range 198.18.0.1-" in shown
-    assert "-A VPNFW-SERVERS-1 -d 198.18.0.1/32 -p tcp -m tcp --dport 1000 -j ACCEPT" in shown
+    assert "-A VPNFW-SERVERS-1 -d 198.18.0.1/32 -p tcp -m tcp --dport 1000 -j VPNFW-SERVER-FLOW" in shown
     ns = netns("split")
     with_a_way_out(ns)
     out = run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name)
@@ -92,7 +92,7 @@ def test_shorter_list_and_unload_leave_no_server_chain(tmp_path, netns, backend)
     out = run_loader(["--config-dir", short_conf, "reload"], env=env, netns=ns.name)
     assert out.returncode == 0, out.stderr
     assert "VPNFW-SERVERS" not in ns.save(tool=save) and "VPNFW-SERVERS" not in ns.save(tool=f"ip6{save[2:]}")
-    assert "-A VPNFW-OUTPUT -d 198.18.0.1/32 -p tcp -m tcp --dport 1000 -j ACCEPT" in rules_of(ns.save(tool=save))
+    assert "-A VPNFW-OUTPUT -d 198.18.0.1/32 -p tcp -m tcp --dport 1000 -j VPNFW-SERVER-FLOW" in rules_of(ns.save(tool=save))
     assert run_loader(["--config-dir", long_conf, "reload"], env=env, netns=ns.name).returncode == 0
     out = run_loader(["unload", "--force"], env=env, netns=ns.name)
     assert out.returncode == 0, out.stderr

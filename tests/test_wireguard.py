@@ -156,7 +156,7 @@ def test_wg_quick_full_tunnel_works_both_ways_under_strict_rp_filter(tmp_path, b
         out = bed.loader("start")
         assert out.returncode == 0, out.stderr
         rules = run(bed.client, save).stdout
-        assert "-A VPNFW-OUTPUT -d 198.18.0.1/32 -p udp -m udp --dport 51820 -j ACCEPT" in rules, \
+        assert "-A VPNFW-OUTPUT -d 198.18.0.1/32 -p udp -m udp --dport 51820 -j VPNFW-SERVER-FLOW" in rules, \
             "the server, read from the wg-quick file"
         bed.wg_quick("up")
         assert bed.fetch() == "ok", "through the tunnel, both ways"

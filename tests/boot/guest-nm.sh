@@ -50,7 +50,7 @@ nm | nm-control)
     nmcli connection import type openvpn file /root/work.ovpn > $R/import.log 2>&1
     note imported $?
     for i in $(seq 100); do
-        iptables-save | grep -q -- "-d 192.0.2.10/32 -p udp -m udp --dport 1194 .*-j ACCEPT" && break
+        iptables-save | grep -q -- "-d 192.0.2.10/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW" && break
         sleep 0.1
     done
     iptables-save > $R/imported.save 2>&1

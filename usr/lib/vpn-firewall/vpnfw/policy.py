@@ -7,7 +7,7 @@ the kernel's ICMP errors and the packets of connections that were open through t
 tunnel must not leave by another interface.
 """
 
-from . import values as V
+from . import server_flows, values as V
 from .model import (BUILTIN_CHAINS, FENCE_TABLE, JUDGED_BIT, JUDGED_CHAIN, JUDGED_MARK, LOCKDOWN_COMMENT,
                     TUNNEL_FLOW_CHAIN, TUNNEL_FLOW_MARK, UNJUDGE, Rule, our_chain)
 
@@ -40,6 +40,7 @@ NDP_OUT = ("133", "135", "136")  # router and neighbour solicitation, neighbour 
 NDP_IN = ("134", "135", "136")  # router advertisement, neighbour solicitation and advertisement
 MLD_REPORT = "143"
 HOP_LIMIT_255 = ("hl", ((False, "--hl-eq", "255"),))  # only on-link senders can send these
+TUNNEL_OUT_CHAIN = "TUNNEL-OUT"  # where packets into the tunnel go first, when no rule of the user's comes before
 # Up to SERVER_LIST_SPLIT server rules per family stay one list, as written. A longer list
 # becomes a tree of chains entered by address range: at most SERVER_FANOUT jumps in a chain,
 # at most SERVER_LIST_SPLIT servers in a leaf. A packet to a server then passes some tens
@@ -76,15 +77,19 @@ def _ports(proto, sport, dport):
     return ((proto, ((False, "--sport", sport), (False, "--dport", dport))),)
 
 
-def _endpoint_rules(family, settings):
-    # who may reach the servers: each of these users' and groups' sockets, and packets with
-    # the tunnel's fwmark (kernel WireGuard's socket has no owner; only root sets a mark);
-    # the mark is compared without the fence's bit, which our first rule has set already
+def _owner_matches(settings) -> list:
+    """Who may reach the servers: each of these users' and groups' sockets, and packets with
+    the tunnel's fwmark (kernel WireGuard's socket has no owner; only root sets a mark); the
+    mark is compared without the fence's bit, which our first rule has set already. [()]: anyone."""
     owners = [("owner", ((False, "--uid-owner", uid),)) for uid in settings.vpn_users]
     owners += [("owner", ((False, "--gid-owner", gid),)) for gid in settings.vpn_groups]
     if owners and settings.vpn_fwmark is not None:
         owners.append(("mark", ((False, "--mark", f"0x{settings.vpn_fwmark:x}/0x{0xFFFFFFFF & ~JUDGED_BIT:x}"),)))
-    owner_matches = [(m,) for m in owners] or [()]
+    return [(m,) for m in owners] or [()]
+
+
+def _endpoint_rules(family, settings):
+    owner_matches = _owner_matches(settings)
     out = []
     for ep in settings.vpn_servers:
         if ep.family != family:
@@ -270,8 +275,18 @@ def fence(family, tunnels, inside):
 
 
 def output_chain(family, settings, user, portal=None):
-    rules = [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
-    rules += _tunnel_flows(family, "OUTPUT", settings)
+    into_tunnel = _tunnel_flows(family, "OUTPUT", settings) + _tunnel_rules(family, settings)
+    tunnel_first = []
+    if not user and portal is None:
+        # Nothing of the user's decides before the tunnel: its packets, most of the traffic,
+        # go to their own chain first and pass a handful of rules (the fence lets them by
+        # their interface, so they need no judging mark either).
+        tunnel_first = [_rule(family, "OUTPUT", (_h("-o", iface),), (), our_chain(TUNNEL_OUT_CHAIN))
+                        for iface in settings.vpn_interfaces]
+        into_tunnel = [r._replace(chain=TUNNEL_OUT_CHAIN) for r in into_tunnel]
+    rules = tunnel_first + [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
+    if not tunnel_first:
+        rules += _tunnel_flows(family, "OUTPUT", settings)
     rules += user
     if portal is not None:  # after the user's rules, before the refusals of DNS
         from .portal import rules as portal_rules
@@ -279,8 +294,13 @@ def output_chain(family, settings, user, portal=None):
         rules += portal_rules(family, portal)
     # The tunnel before the servers: its packets are most of the traffic, and so need not
     # pass a long list of servers on their way.
-    rules += _tunnel_rules(family, settings)
-    servers, server_chains = _split_server_list(family, _endpoint_rules(family, settings))
+    if not tunnel_first:
+        rules += _tunnel_rules(family, settings)
+    # a flow the server list accepted once is accepted here at once (server_flows.py)
+    endpoints = _endpoint_rules(family, settings)
+    rules += server_flows.fast_rules(family, endpoints, _owner_matches(settings))
+    servers, server_chains = _split_server_list(family, server_flows.judged(endpoints))
+    server_chains += server_flows.chain(family, endpoints)
     rules += servers
     # Any other DNS is refused here, after the servers (some listen on port 53), before the
     # LAN allowance could let it out.
@@ -293,7 +313,7 @@ def output_chain(family, settings, user, portal=None):
         rules += _lan_rules(family, "OUTPUT", settings)
     if settings.log_blocked:
         rules.append(_log(family, "OUTPUT", "out"))
-    return rules + _reject_all(family, "OUTPUT") + server_chains
+    return rules + _reject_all(family, "OUTPUT") + server_chains + (into_tunnel if tunnel_first else [])
 
 
 def input_chain(family, settings, user):

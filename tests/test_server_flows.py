@@ -1,0 +1,122 @@
+"""A flow to a VPN server is judged by the server list once, then accepted by one rule
+(server_flows.py): real packets in a namespace, told apart by the kernel's rule counters.
+The approval is taken back by a reload whose list drops the server, and it is not a way
+out for another user's socket that shares the flow's addresses and ports."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BACKENDS, backend_path, needs_root, run_loader, write_config
+
+pytestmark = [needs_root]
+
+# Sends COUNT datagrams to ADDR:PORT from local port 40000 (SO_REUSEADDR, so that another
+# user's socket may share it), each line of stdin one round; prints how many sends failed.
+SENDER = r"""
+import socket, sys
+addr, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 40000))
+s.connect((addr, 1194))
+for line in sys.stdin:
+    failed = 0
+    for _ in range(count):
+        try:
+            s.send(b"x" * 64)
+        except OSError:
+            failed += 1
+    print(failed, flush=True)
+"""
+CABLE = ("ip link add v0 type veth peer name v1 && ip link set v0 up && ip addr add 192.0.2.1/24 dev v0 && "
+         "ip route add default via 192.0.2.254 dev v0 onlink && "
+         "ip neigh replace 192.0.2.254 lladdr 02:00:00:00:00:fe dev v0 nud permanent")
+BOTH = "@def $VPN_SERVERS = (198.51.100.7:1194/udp 198.51.100.8:1194/udp);\n"
+ONLY_8 = "@def $VPN_SERVERS = (198.51.100.8:1194/udp);\n"
+
+
+def counters(ns, env) -> dict:
+    """Packets per rule of our OUTPUT chain and the server flow chain, by the rule's text."""
+    out = subprocess.run(["ip", "netns", "exec", ns.name, "iptables-save", "-c"], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    found = {}
+    for line in out.splitlines():
+        if line.startswith("[") and "-A VPNFW-" in line:
+            packets = int(line[1:line.index(":")])
+            found[line[line.index("]") + 2:]] = packets
+    return found
+
+
+def fast(c):
+    return sum(n for rule, n in c.items() if rule.startswith("-A VPNFW-OUTPUT -m connmark --mark 0x4"))
+
+
+def refused(c):
+    return c["-A VPNFW-OUTPUT -j REJECT --reject-with icmp-port-unreachable"]
+
+
+def start_sender(ns, env, addr, count, user=None):
+    argv = ["ip", "netns", "exec", ns.name] + (["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+                                                if user else []) + [sys.executable, "-c", SENDER, addr, str(count)]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+
+def round_of(sender) -> int:
+    sender.stdin.write("go\n")
+    sender.stdin.flush()
+    return int(sender.stdout.readline())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_server_flow_is_judged_once_and_the_approval_goes_with_the_server(tmp_path, netns, backend):
+    env = {"PATH": backend_path(tmp_path, backend)}
+    conf = write_config(tmp_path / "conf", {"30_user.conf": BOTH})
+    ns = netns("flows")
+    ns.sh(CABLE)
+    assert run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name).returncode == 0
+    sender = start_sender(ns, dict(os.environ, **env), "198.51.100.7", 50)
+    try:
+        assert round_of(sender) == 0
+        c = counters(ns, env)
+        server = "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW"
+        assert c[server] == 1 and fast(c) == 49, c  # the list once, then the one rule
+        # the config drops the server: the same flow's packets are refused from the reload on
+        write_config(tmp_path / "conf", {"30_user.conf": ONLY_8})
+        assert run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name).returncode == 0
+        before = refused(counters(ns, env))
+        failed = round_of(sender)  # refused: EPERM, and its ICMP error fails the next send() at once
+        c = counters(ns, env)
+        assert fast(c) == 0 and refused(c) > before and failed == 50, c
+        # and back: the list that approved it approves it again
+        write_config(tmp_path / "conf", {"30_user.conf": BOTH})
+        assert run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name).returncode == 0
+        assert round_of(sender) == 0 and fast(counters(ns, env)) >= 49
+    finally:
+        sender.stdin.close()
+        sender.wait(timeout=10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_another_users_socket_in_an_approved_flow_stays_blocked(tmp_path, netns, backend):
+    env = {"PATH": backend_path(tmp_path, backend)}
+    conf = write_config(tmp_path / "conf", {"30_user.conf": BOTH + "@def $VPN_USER = root;\n"})
+    ns = netns("owner")
+    ns.sh(CABLE)
+    assert run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name).returncode == 0
+    full_env = dict(os.environ, **env)
+    vpn = start_sender(ns, full_env, "198.51.100.7", 20)
+    other = start_sender(ns, full_env, "198.51.100.7", 30, user=65534)
+    try:
+        assert round_of(vpn) == 0
+        assert fast(counters(ns, env)) == 19, "root's flow is approved"
+        before = refused(counters(ns, env))
+        failed = round_of(other)  # nobody's socket, the same addresses and ports: the same conntrack flow
+        c = counters(ns, env)
+        assert fast(c) == 19 and refused(c) > before and failed == 30, c
+    finally:
+        for proc in (vpn, other):
+            proc.stdin.close()
+            proc.wait(timeout=10)
