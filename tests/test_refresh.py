@@ -36,7 +36,7 @@ def test_refresh_pins_and_the_vpn_connects(tmp_path, backend):
         assert out.returncode == 0, out.stderr
         assert "vpn.example.net: 198.19.0.254" in out.stderr
         assert "www.example.net: 198.18.0.10" in out.stderr, "@resolve's names are refreshed too"
-        assert "-A VPNFW-OUTPUT -d 198.18.0.10/32 -p tcp -m tcp --dport 8080 -j VPNFW-SERVER-FLOW" in \
+        assert "-A VPNFW-OUTPUT -d 198.18.0.10/32 -p tcp -m tcp --dport 8080 -j ACCEPT" in \
             bed.in_ns(bed.client, ["iptables-save"]).stdout
         pins = json.loads((tmp_path / "state" / "pinned.json").read_text())
         assert pins["vpn.example.net"]["addresses"] == ["198.19.0.254"]

@@ -10,6 +10,7 @@ import time
 
 from . import kernel, state, values as V
 from .errors import LoadError
+from .model import JUDGED_MARK
 
 ALLOWANCE_COMMENT = "vpn-firewall refresh"
 
@@ -79,14 +80,21 @@ def resolvers(settings) -> list:
     return nameservers(state.resolv_conf())
 
 
-def _allowance(server: str, verb: str) -> str:
+def _allowance(server: str, verb: str, at: int = 0) -> str:
     family = V.IP6 if ":" in server else V.IP
     net = f"{server}/{128 if family == V.IP6 else 32}"
-    # second: after the rule that marks packets as judged by our chain, which the fence wants
-    lines = [f"{verb} VPNFW-OUTPUT{' 2' if verb == '-I' else ''} -d {net} -p {proto} -m {proto} --dport 53 "
+    lines = [f"{verb} VPNFW-OUTPUT{f' {at}' if verb == '-I' else ''} -d {net} -p {proto} -m {proto} --dport 53 "
              f'-m owner --uid-owner 0 -m comment --comment "{ALLOWANCE_COMMENT}" -j ACCEPT'
              for proto in ("udp", "tcp")]
     return "*filter\n" + "\n".join(lines) + "\nCOMMIT\n"
+
+
+def _after_judging(dump) -> int:
+    """Where the allowance goes: right after the rule that marks packets as judged by our
+    chain, which the fence wants (the tunnel's jumps may come before it)."""
+    judging = f"-A VPNFW-OUTPUT -j MARK --set-xmark {JUDGED_MARK}"
+    lines = dump.tables.get("filter", ({}, {}))[1].get("VPNFW-OUTPUT", [])
+    return lines.index(judging) + 2 if judging in lines else 1
 
 
 def refresh(settings, say, also=()) -> int:
@@ -107,8 +115,9 @@ def refresh(settings, say, also=()) -> int:
         for server in servers:  # only while resolving, only root, only these servers
             family = V.IP6 if ":" in server else V.IP
             try:
-                if kernel.is_loaded(kernel.save(family)):
-                    kernel.restore(family, _allowance(server, "-I"))
+                dump = kernel.save(family)
+                if kernel.is_loaded(dump):
+                    kernel.restore(family, _allowance(server, "-I", _after_judging(dump)))
                     opened.append(server)
             except LoadError as e:
                 say("warning", f"could not open DNS to {server} for the refresh: {e}")

@@ -277,7 +277,7 @@ def fence(family, tunnels, inside):
 def output_chain(family, settings, user, portal=None):
     into_tunnel = _tunnel_flows(family, "OUTPUT", settings) + _tunnel_rules(family, settings)
     tunnel_first = []
-    if not user and portal is None:
+    if not user:
         # Nothing of the user's decides before the tunnel: its packets, most of the traffic,
         # go to their own chain first and pass a handful of rules (the fence lets them by
         # their interface, so they need no judging mark either).

@@ -13,6 +13,8 @@ What keeps this exactly as strict as the walk:
   ends; a list that comes back honors its own approvals again, rightly);
 - the fast rule repeats the owner and mark matches of the server rules, since another socket
   could share a flow's addresses and ports;
+- only the flow's own packets in its own direction (not RELATED: the kernel's ICMP errors
+  about a flow whose client died must not leave);
 - only root can set a conntrack mark; the fast rule stands where the server list begins,
   after the user's rules and the tunnel's, so nothing ahead of it changes meaning.
 """
@@ -50,7 +52,10 @@ def fast_rules(family, server_rules, owners) -> list:
     if not server_rules:
         return []
     flow = ("connmark", ((False, "--mark", approval(family, server_rules)),))
-    return [Rule(family, "filter", "OUTPUT", (), (flow,) + owner, "ACCEPT") for owner in owners]
+    # the flow's own packets, as the server rule saw them: not the kernel's ICMP errors about
+    # it (RELATED), which must not leave when the VPN client is gone
+    own = ("conntrack", ((True, "--ctstate", "RELATED"), (False, "--ctdir", "ORIGINAL")))
+    return [Rule(family, "filter", "OUTPUT", (), (flow, own) + owner, "ACCEPT") for owner in owners]
 
 
 def chain(family, server_rules) -> list:
