@@ -10,6 +10,7 @@ rules their sources write are applied (see ../shared/notes/other-tools.md):
 Each static case has a negative control: the same change with the fence taken away leaks.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -260,6 +261,28 @@ def test_guard_follows_a_reload_and_unload_stops_it(tmp_path):
         guard.proc.wait(timeout=10)
         time.sleep(0.3)
         assert "VPNFW" not in bed.in_ns(bed.client, ["iptables-save"]).stdout
+    finally:
+        bed.down()
+
+
+@pytest.mark.parametrize("broken", ["ip", "ip6"])
+def test_guard_repairs_a_change_to_one_family(tmp_path, broken):
+    """nf_tables names the family of each change, and the guard reads back only that one
+    (test_pure.py): a change to either family alone is repaired."""
+    bed = _bed(tmp_path, "nft")
+    try:
+        guard = Guarded(bed)
+        tool = "iptables" if broken == "ip" else "ip6tables"
+        bed.in_ns(bed.client, [tool, "-F", "VPNFW-OUTPUT"])
+        deadline = time.time() + 5
+        while "-A VPNFW-OUTPUT -j MARK" not in bed.in_ns(bed.client, [f"{tool}-save"]).stdout and time.time() < deadline:
+            time.sleep(0.02)
+        status = json.loads(bed.loader("status", "--json").stdout)
+        assert status["guard"]["recent"][-1]["family"] == broken, status["guard"]
+        log = guard.stop()
+        assert f"{broken}: rules changed by another program" in log and "repaired" in log, log
+        other = "ip6" if broken == "ip" else "ip"
+        assert f"{other}: rules changed" not in log
     finally:
         bed.down()
 

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import write_config
 from vpnfw import differences as D, kernel
-from vpnfw.guard import NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, NFTA_GEN_PROC_NAME, NFTA_GEN_PROC_PID, committers
+from vpnfw.guard import (NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, NFTA_GEN_PROC_NAME, NFTA_GEN_PROC_PID,
+                         changed_families, committers)
 from vpnfw.model import OUR_TABLES, Rule
 from vpnfw.pipeline import compile_config
 from vpnfw.render import NOTHING, quote, restore_input, rule_line
@@ -158,3 +159,18 @@ def test_committers_are_read_from_netlink_messages():
     messages = _newgen(4242, b"firewalld") + other + _newgen(7, b"nft")
     assert committers(messages) == [(4242, "firewalld"), (7, "nft")]
     assert committers(b"") == [] and committers(b"\x01\x00") == []
+
+
+def _change(family: int, kind: int = 6) -> bytes:  # NFT_MSG_NEWRULE by default
+    return struct.pack("=IHHII", 20, (NFNL_SUBSYS_NFTABLES << 8) | kind, 0, 0, 0) + bytes((family, 0, 0, 0))
+
+
+def test_the_guard_reads_only_the_families_a_commit_touched():
+    assert changed_families(_change(2) + _newgen(1, b"iptables")) == {"ip"}
+    assert changed_families(_change(10) + _change(10, 8) + _newgen(1, b"ip6tables")) == {"ip6"}
+    assert changed_families(_change(1) + _newgen(1, b"nft")) == {"ip", "ip6"}  # an inet table
+    # a commit whose changes name no family of ours, or none at all: every family, to be sure
+    assert changed_families(_newgen(1, b"nft")) == {"ip", "ip6"}
+    assert changed_families(_change(7) + _newgen(1, b"nft")) == {"ip", "ip6"}  # bridge
+    assert changed_families(_change(2)) == {"ip"}  # its NEWGEN comes in the next datagram
+    assert changed_families(b"") == set()

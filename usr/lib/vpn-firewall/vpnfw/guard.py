@@ -59,16 +59,40 @@ def committers(datagram: bytes) -> list:
     return found
 
 
-def drain(sock) -> list:
-    """Every commit announced since the last call; an overflowed socket counts as one unknown."""
-    found = []
+# nfgenmsg's family: what each kind of table can hold of ours
+FAMILIES_OF = {2: ("ip",), 10: ("ip6",), 1: ("ip", "ip6")}  # NFPROTO_IPV4, NFPROTO_IPV6, NFPROTO_INET
+EVERY_FAMILY = frozenset(("ip", "ip6"))
+
+
+def changed_families(datagram: bytes) -> set:
+    """The families whose tables the announced changes touched (each message's nfgenmsg);
+    a commit announced without any (only its NEWGEN) counts as touching every family."""
+    found, commits = set(), False
+    for kind, body in netlink.messages(datagram):
+        if kind >> 8 != NFNL_SUBSYS_NFTABLES:
+            continue
+        if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+            commits = True
+        elif body:
+            found.update(FAMILIES_OF.get(body[0], ()))
+    return found if found or not commits else set(EVERY_FAMILY)
+
+
+def drain(sock):
+    """(every commit announced since the last call, the families they touched); an
+    overflowed socket counts as an unknown commit that touched every family."""
+    found, families = [], set()
     while True:
         try:
-            found += committers(sock.recv(1 << 16))
+            datagram = sock.recv(1 << 16)
         except BlockingIOError:
-            return found
+            return found, families
         except OSError:  # ENOBUFS: announcements were lost, so something changed
             found.append((None, "?"))
+            families |= EVERY_FAMILY
+            continue
+        found += committers(datagram)
+        families |= changed_families(datagram)
 
 
 class LogLimit:
@@ -226,13 +250,14 @@ class Guard:
                 break
             if self._portal_over():
                 self._end_portal()
-            who = drain(events) if events in ready else []
+            who, touched = drain(events) if events in ready else ([], set())
             ours, self.own_commits = self.own_commits, set()
             if events and all(pid in ours for pid, _ in who) and not self._retry_due():
                 continue  # nothing, or only the repair's own commit, read back after it already
             if self.watcher and not self._legacy_due():
                 continue
-            self.check(who)
+            # on nf_tables only the families a change touched are read (a retry: all)
+            self.check(who, touched if events and who and not self._retry_due() else None)
         self.say("info", "guard stopped")
         self._write_status(running=False)
         return 0
@@ -287,15 +312,17 @@ class Guard:
         return any(t <= time.monotonic() for t in self.retry_at.values())
 
     # -- checking and repairing ----------------------------------------------------
-    def check(self, who) -> None:
+    def check(self, who, families=None) -> None:
+        """Compare the kernel with the rules (families: only these), repair what has holes."""
         self.compared_at = time.monotonic()
         if self.watcher:  # taken before the rules are read: a change made during the check shows next time
             self.look = self.watcher.fingerprint()
         with self.lock():
             self._refresh_rules()
-            saving = {f: kernel.start_save(f) for f in self.families}
+            looked = [f for f in self.families if families is None or f in families]
+            saving = {f: kernel.start_save(f) for f in looked}
             broken = {}
-            for family in self.families:
+            for family in looked:
                 try:
                     dump = kernel.dump_of(saving[family])
                 except LoadError as e:
