@@ -86,10 +86,11 @@ def portal_cgroups():
     goes after the last (with tests side by side, after the last of those that ran here: one
     still running elsewhere keeps it, and its own end takes it)."""
     yield
-    from vpnfw.portal_run import CGROUP_PARENT, cgroup2_mount
+    from vpnfw.portal_run import CGROUP_PARENT, _alive, cgroup2_mount
     parent = os.path.join(cgroup2_mount(), CGROUP_PARENT)
-    for directory in [os.path.join(parent, name) for name in (os.listdir(parent) if os.path.isdir(parent) else [])
-                      ] + [parent]:
+    # not one whose session still runs beside (its cgroup is empty until its command enters)
+    names = [name for name in (os.listdir(parent) if os.path.isdir(parent) else []) if not _alive(name.split("-")[0])]
+    for directory in [os.path.join(parent, name) for name in names] + [parent]:
         try:
             os.rmdir(directory)
         except OSError:  # not there, or a session of a test running beside this one
