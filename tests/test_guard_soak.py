@@ -1,6 +1,7 @@
-"""A guard that runs for months: thousands of repairs in a network namespace, its memory
-measured (VmRSS) after a warm-up and at the end, the rules in sync afterwards. The control
-plants a leak of 16 KiB per repair in the same guard, to show the measurement sees one."""
+"""A guard that runs for months: a thousand repairs (VPN_FIREWALL_SOAK_REPAIRS for more) in a
+network namespace, its memory measured (VmRSS) after a warm-up and at the end, the rules in
+sync afterwards. The control plants a leak of 16 KiB per repair in the same guard, to show
+the measurement sees one."""
 
 import json
 import os
@@ -12,7 +13,10 @@ import time
 from conftest import LOADER, needs_root, write_config
 
 pytestmark = [needs_root]
-REPAIRS = int(os.environ.get("VPN_FIREWALL_SOAK_REPAIRS", "2000"))
+REPAIRS = int(os.environ.get("VPN_FIREWALL_SOAK_REPAIRS", "1000"))
+# the growth allowed: half a KiB a repair (RSS moves by pages; a steady leak of this size
+# or more over a thousand repairs shows), and never less than what the control must exceed
+KIB_PER_REPAIR = 0.5
 WARM_UP = 100
 
 EXAMPLE = "@def $VPN_SERVERS = (198.51.100.7:1194/udp);\n"
@@ -94,7 +98,7 @@ def soak(tmp_path, netns, repairs: int, leak: bool):
 def test_the_guard_repairs_thousands_of_times_without_growing(tmp_path, netns):
     before, after, status = soak(tmp_path, netns, REPAIRS, leak=False)
     print(f"guard RSS over {REPAIRS} repairs: {before} KiB -> {after} KiB ({after - before:+d} KiB)")
-    assert after - before < 1024, (before, after)
+    assert after - before < REPAIRS * KIB_PER_REPAIR, (before, after)
     assert status.returncode == 0 and "ip: loaded, the same as the config compiles to" in status.stdout, status.stdout
     assert f"{REPAIRS + WARM_UP} repair(s)" in status.stdout, status.stdout
 
@@ -102,4 +106,4 @@ def test_the_guard_repairs_thousands_of_times_without_growing(tmp_path, netns):
 def test_control_a_leak_of_16_kib_a_repair_is_seen(tmp_path, netns):
     before, after, status = soak(tmp_path, netns, 150, leak=True)
     print(f"guard RSS over 150 repairs, 16 KiB kept each: {before} KiB -> {after} KiB")
-    assert after - before > 1024, "the soak could not tell: the control should grow"
+    assert after - before > max(150 * KIB_PER_REPAIR, 1024), "the soak could not tell: the control should grow"
