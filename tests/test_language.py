@@ -21,8 +21,12 @@ def compile_text(tmp_path, text, name="30_user.conf", extra=None):
 def user_lines(tmp_path, text, family="ip"):
     """Rule lines of the user's rules only (those not in a config without them)."""
     base = {rule_line(r) for r in compile_text(tmp_path / "base", "").ruleset[family]}
-    # without rules of the user's the tunnel has a chain of its own (policy.TUNNEL_OUT_CHAIN)
-    base |= {line.replace("-A VPNFW-TUNNEL-OUT ", "-A VPNFW-OUTPUT ") for line in base}
+    # with an OUTPUT rule of the user's the tunnel's rules stand in OUTPUT itself, not in a
+    # chain of their own that comes first (policy.TUNNEL_OUT_CHAIN): both shapes are the base
+    sentinel = "-A VPNFW-OUTPUT -p udp -m udp --dport 9 -j ACCEPT"
+    base |= {rule_line(r) for r in compile_text(tmp_path / "sentinel", "chain OUTPUT proto udp dport 9 ACCEPT;"
+                                                ).ruleset[family]}
+    base.discard(sentinel)
     return [rule_line(r) for r in compile_text(tmp_path, text).ruleset[family] if rule_line(r) not in base]
 
 
@@ -187,8 +191,8 @@ def test_dns_servers_only_through_the_tunnel(tmp_path):
     lines = [rule_line(r) for r in compile_text(tmp_path, text).ruleset["ip"]]
     # the tunnel's packets go to its chain first (no rules of the user's come before)
     into = "-A VPNFW-OUTPUT -o tun0 -j VPNFW-TUNNEL-OUT"
-    accept = "-A VPNFW-TUNNEL-OUT -d 10.8.0.1/32 -o tun0 -p udp -m udp --dport 53 -j ACCEPT"
-    in_tunnel = "-A VPNFW-TUNNEL-OUT -o tun0 -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable"
+    accept = "-A VPNFW-TUNNEL-OUT -d 10.8.0.1/32 -p udp -m udp --dport 53 -j ACCEPT"
+    in_tunnel = "-A VPNFW-TUNNEL-OUT -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable"
     reject = "-A VPNFW-OUTPUT -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable"
     lan = "-A VPNFW-OUTPUT -d 10.0.0.0/8 -j ACCEPT"
     assert lines.index(into) < lines.index(reject) < lines.index(lan)

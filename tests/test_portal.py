@@ -249,7 +249,8 @@ def test_the_guard_takes_an_ended_sessions_rules_out(pki):
         assert "ip: loaded, the same as the config compiles to" in status.stdout, status.stdout
         bed.in_ns(bed.client, ["iptables", "-F", "VPNFW-OUTPUT"])  # and it still guards
         deadline = time.time() + 3
-        while "-A VPNFW-OUTPUT" not in bed.in_ns(bed.client, ["iptables-save"]).stdout and time.time() < deadline:
+        while ("-A VPNFW-OUTPUT -o lo -j ACCEPT" not in bed.in_ns(bed.client, ["iptables-save"]).stdout
+               and time.time() < deadline):
             time.sleep(0.05)
         assert "-A VPNFW-OUTPUT -o lo -j ACCEPT" in bed.in_ns(bed.client, ["iptables-save"]).stdout
         bed.stop("guard")

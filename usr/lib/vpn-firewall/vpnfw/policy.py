@@ -189,6 +189,22 @@ def _tunnel_flows(family, chain, settings):
     return rules
 
 
+def _tunnel_out_chain(family, settings):
+    """What the tunnel's packets pass when they come first (only they enter it): the
+    tunnel-flow mark on a connection's first packet, DNS only to $DNS_SERVERS, then accept."""
+    new = (("conntrack", ((False, "--ctstate", "NEW"),)),)
+    out = [_rule(family, TUNNEL_OUT_CHAIN, (), new, "CONNMARK", (("--set-xmark", TUNNEL_FLOW_MARK),))]
+    servers = _dns_servers(family, settings)
+    if servers is not None:
+        for proto in ("tcp", "udp"):  # the bulk first
+            out.append(_rule(family, TUNNEL_OUT_CHAIN, (_h("-p", proto),), ((proto, ((True, "--dport", "53"),)),)))
+        for dst in servers:
+            for proto, match in (("udp", UDP_DNS), ("tcp", TCP_DNS)):
+                out.append(_rule(family, TUNNEL_OUT_CHAIN, (_h("-d", dst), _h("-p", proto)), match))
+        out += [r._replace(chain=TUNNEL_OUT_CHAIN) for r in _dns_refusals(family)]
+    return out + [_rule(family, TUNNEL_OUT_CHAIN)]
+
+
 def _tunnel_flow_chain(family, settings):
     """Where a packet of a tunnel flow goes in INPUT: back if it came by the tunnel, else dropped."""
     rules = [_rule(family, TUNNEL_FLOW_CHAIN, (_h("-i", iface),), (), "RETURN") for iface in settings.vpn_interfaces]
@@ -252,7 +268,7 @@ def _judged(family, chain):
     return _rule(family, chain, (), (), "MARK", (("--set-xmark", JUDGED_MARK),))
 
 
-def fence(family, tunnels, inside):
+def fence(family, tunnels, inside, tunnel_first=False):
     """The fence's chains (see model.FENCE_TABLE): a packet that our filter chain did not
     judge, because another tool accepted it first, passes only when it stays on loopback, in
     the tunnel or on a trusted internal interface; anything else is dropped, there being no
@@ -260,30 +276,35 @@ def fence(family, tunnels, inside):
     with the judging bit cleared (goto JUDGED, which ends where the built-in chain goes on)."""
     judged = (("mark", ((False, "--mark", JUDGED_MARK),)),)
 
-    def chain(name, headers):
-        out = [Rule(family, FENCE_TABLE, name, (), judged, our_chain(JUDGED_CHAIN), goto=True)]
+    def chain(name, headers, first=()):
+        out = [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in first]
+        out += [Rule(family, FENCE_TABLE, name, (), judged, our_chain(JUDGED_CHAIN), goto=True)]
         out += [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in headers]
         return out + [Rule(family, FENCE_TABLE, name, (), (), "DROP")]
+
+    # the tunnel's packets never carry the judging mark when they go to their own chain
+    # first (output_chain): they may pass the fence before the mark is looked at
+    first = [(_h("-o", i),) for i in tunnels] if tunnel_first else []
+    out_headers = [(_h("-o", i),) for i in ("lo", *([] if tunnel_first else tunnels), *inside)]
 
     return (
         [Rule(family, FENCE_TABLE, JUDGED_CHAIN, (), (), "MARK", (("--set-xmark", UNJUDGE),))]
         + chain("INPUT", [(_h("-i", i),) for i in ("lo", *tunnels, *inside)])
         + chain("FORWARD", [(_h("-i", g), _h("-o", t)) for g in inside for t in tunnels]
                 + [(_h("-o", g),) for g in inside])
-        + chain("OUTPUT", [(_h("-o", i),) for i in ("lo", *tunnels, *inside)])
+        + chain("OUTPUT", out_headers, first)
     )
 
 
 def output_chain(family, settings, user, portal=None):
-    into_tunnel = _tunnel_flows(family, "OUTPUT", settings) + _tunnel_rules(family, settings)
-    tunnel_first = []
+    tunnel_first, into_tunnel = [], []
     if not user:
         # Nothing of the user's decides before the tunnel: its packets, most of the traffic,
         # go to their own chain first and pass a handful of rules (the fence lets them by
         # their interface, so they need no judging mark either).
         tunnel_first = [_rule(family, "OUTPUT", (_h("-o", iface),), (), our_chain(TUNNEL_OUT_CHAIN))
                         for iface in settings.vpn_interfaces]
-        into_tunnel = [r._replace(chain=TUNNEL_OUT_CHAIN) for r in into_tunnel]
+        into_tunnel = _tunnel_out_chain(family, settings)
     rules = tunnel_first + [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
     if not tunnel_first:
         rules += _tunnel_flows(family, "OUTPUT", settings)
@@ -397,7 +418,7 @@ def build(settings, user_rules, portal=None) -> dict:
             + output_chain(family, settings, by_chain.get("OUTPUT", []), portal)
             + [r for r in mine if r.table != "filter" or r.chain not in BUILTIN_CHAINS["filter"]]  # user chains
             + _gateway_nat(family, settings)
-            + fence(family, settings.vpn_interfaces, settings.gateway_interfaces)
+            + fence(family, settings.vpn_interfaces, settings.gateway_interfaces, not by_chain.get("OUTPUT"))
         )
     return ruleset
 
