@@ -27,7 +27,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 LOADER = os.path.join(ROOT, "usr", "lib", "vpn-firewall", "vpn-firewall")
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 from bench import endpoints  # noqa: E402  the same mixed lists as the start benchmark
+from testbed import backend_bin  # noqa: E402  iptables* of one backend, first on PATH
 
 SIZES = [1, 1000, 10000]
 GOAL = 1.2  # the kill switch's cost over connection tracking alone (issue 21)
@@ -81,14 +83,7 @@ def sh(argv, **kw):
 
 
 def tools_path(workdir, backend):
-    bindir = os.path.join(workdir, f"bin-{backend}")
-    os.makedirs(bindir, exist_ok=True)
-    for family in ("iptables", "ip6tables"):
-        for suffix in ("", "-save", "-restore"):
-            link = os.path.join(bindir, family + suffix)
-            if not os.path.exists(link):
-                os.symlink(shutil.which(f"{family}-{backend}{suffix}"), link)
-    return bindir + ":" + os.environ["PATH"]
+    return backend_bin(workdir, backend) + ":" + os.environ["PATH"]
 
 
 class Bed:

@@ -64,23 +64,6 @@ ca /etc/openvpn/work/ca.crt
 cert /etc/openvpn/work/client.crt
 key /etc/openvpn/work/client.key
 """
-SERVER_CONF = """dev tun
-proto udp
-local 192.0.2.10
-port 1194
-topology subnet
-server 10.8.0.0 255.255.255.0
-server-ipv6 2001:db8:8::/64
-push "redirect-gateway def1 ipv6"
-push "dhcp-option DNS 192.0.2.53"
-keepalive 1 10
-ca {d}/ca.crt
-cert {d}/server.crt
-key {d}/server.key
-dh none
-disable-dco
-verb 3
-"""
 # Debian's default: no systemd-resolved, NetworkManager writes /etc/resolv.conf itself
 WITHOUT_RESOLVED = ("dpkg --purge systemd-resolved", "rm -f /etc/resolv.conf && : > /etc/resolv.conf")
 
@@ -99,7 +82,7 @@ def the_other_end(pki_dir, work):
             ip("addr", "add", addr, "dev", "lo")
         ip("-6", "addr", "add", "2001:db8:80::80/128", "dev", "lo")
         with open(os.path.join(work, "server.conf"), "w") as f:
-            f.write(SERVER_CONF.format(d=pki_dir))
+            f.write(T.openvpn_server_conf(pki_dir, "192.0.2.10", 1194, ["dhcp-option DNS 192.0.2.53"], verb=3))
         procs = []
 
         def spawn(*argv, log="/dev/null"):

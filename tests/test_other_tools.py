@@ -155,7 +155,7 @@ class Guarded:
         return err
 
 
-def _last_leak_after(bed, change, seconds=2.0):
+def _last_leak_after(bed, change, seconds=1.3):
     """(frames left, seconds from the change to the last one) with a flood running across it."""
     since = bed.frames_so_far()
     flood = bed.spawn("flood", bed.client, [sys.executable, T.PROBE, "flood", T.WEB_V4, "9", "100000", str(seconds)],

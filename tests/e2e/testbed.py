@@ -64,6 +64,28 @@ def backend_bin(workdir, backend):
     return bindir
 
 
+def openvpn_server_conf(pki_dir, local, port, pushes=(), verb=1) -> str:
+    """An OpenVPN server on local:port/udp: 10.8.0.0/24 and 2001:db8:8::/64, every client's
+    default route through it, both families, and the pushes given."""
+    pushed = "".join(f'push "{p}"\n' for p in pushes)
+    return f"""dev tun
+proto udp
+local {local}
+port {port}
+topology subnet
+server 10.8.0.0 255.255.255.0
+server-ipv6 2001:db8:8::/64
+push "redirect-gateway def1 ipv6"
+{pushed}keepalive 1 10
+ca {pki_dir}/ca.crt
+cert {pki_dir}/server.crt
+key {pki_dir}/server.key
+dh none
+disable-dco
+verb {verb}
+"""
+
+
 class PKI:
     """A throwaway EC CA with a server and a client certificate, made by openssl."""
 
@@ -245,26 +267,9 @@ class Testbed:
         raise RuntimeError("tcpdump did not start")
 
     def start_vpn_server(self):
-        d = self.pki.dir
         conf = os.path.join(self.workdir, "server.conf")
         with open(conf, "w") as f:
-            f.write(f"""dev tun
-proto udp
-local {ROUTER_V4}
-port {VPN_PORT}
-topology subnet
-server 10.8.0.0 255.255.255.0
-server-ipv6 2001:db8:8::/64
-push "redirect-gateway def1 ipv6"
-push "route-ipv6 2000::/3"
-keepalive 1 10
-ca {d}/ca.crt
-cert {d}/server.crt
-key {d}/server.key
-dh none
-disable-dco
-verb 1
-""")
+            f.write(openvpn_server_conf(self.pki.dir, ROUTER_V4, VPN_PORT, ["route-ipv6 2000::/3"]))
         self.spawn("vpn-server", self.inet, ["openvpn", "--config", conf],
                    stdout=open(os.path.join(self.workdir, "server.log"), "w"), stderr=subprocess.STDOUT)
 
