@@ -30,7 +30,7 @@ import uuid
 import pytest
 
 from conftest import BACKENDS, backend_path, needs_root, write_config
-from test_wireguard import PROBE, cable, leaked, run
+from test_wireguard import PROBE, cable, flood, leaked, run
 
 VPNC_SCRIPT = "/usr/share/vpnc-scripts/vpnc-script"
 pytestmark = [
@@ -197,8 +197,7 @@ def test_openconnect_leak_matrix(tmp_path, backend, firewall, case):
             pass
         assert bed.fetch() == "ok", "through the tunnel"
         pcap = capture(bed)
-        flooding = subprocess.Popen(["ip", "netns", "exec", bed.client, sys.executable, PROBE, "flood", "198.18.0.10",
-                                     "9", "1500", "3"], stdout=subprocess.DEVNULL)
+        flooding = flood(bed, 3.0)
         time.sleep(0.7)
         if case in CASES:
             CASES[case](bed)
