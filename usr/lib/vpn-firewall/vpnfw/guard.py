@@ -181,6 +181,7 @@ class Guard:
         self.look = None
         self.compared_at = 0.0
         self.own_commits = set()  # pids of the repair's restores: their commits are verified already
+        self.touched = set()  # the families announced changes touched since the last check
 
     # -- what to guard -------------------------------------------------------------
     def _refresh_rules(self) -> None:
@@ -251,13 +252,17 @@ class Guard:
             if self._portal_over():
                 self._end_portal()
             who, touched = drain(events) if events in ready else ([], set())
+            # kept until a check: a commit's messages may come in two drains, its NEWGEN in the second
+            self.touched |= touched
             ours, self.own_commits = self.own_commits, set()
             if events and all(pid in ours for pid, _ in who) and not self._retry_due():
                 continue  # nothing, or only the repair's own commit, read back after it already
             if self.watcher and not self._legacy_due():
                 continue
-            # on nf_tables only the families a change touched are read (a retry: all)
-            self.check(who, touched if events and who and not self._retry_due() else None)
+            # on nf_tables only the families the changes touched are read (a retry: all)
+            families = self.touched if events and who and not self._retry_due() else None
+            self.touched = set()
+            self.check(who, families)
         self.say("info", "guard stopped")
         self._write_status(running=False)
         return 0
