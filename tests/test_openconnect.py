@@ -30,7 +30,7 @@ import uuid
 import pytest
 
 from conftest import BACKENDS, backend_path, needs_root, write_config
-from test_wireguard import PROBE, cable, flood, leaked, run
+from test_wireguard import PROBE, cable, fetched_within, frames_across, leaked, run
 
 VPNC_SCRIPT = "/usr/share/vpnc-scripts/vpnc-script"
 pytestmark = [
@@ -192,27 +192,15 @@ def test_openconnect_leak_matrix(tmp_path, backend, firewall, case):
             out = bed.loader("start")
             assert out.returncode == 0, out.stderr
         bed.connect()
-        deadline = time.time() + 10
-        while bed.fetch() != "ok" and time.time() < deadline:
-            pass
-        assert bed.fetch() == "ok", "through the tunnel"
-        pcap = capture(bed)
-        flooding = flood(bed, 3.0)
-        time.sleep(0.7)
-        if case in CASES:
-            CASES[case](bed)
-        flooding.wait(timeout=30)
-        time.sleep(0.3)
-        frames = outside_the_tunnel(pcap)
+        assert fetched_within(bed, 10), "through the tunnel"
+        frames = frames_across(bed, capture, lambda: CASES[case](bed) if case in CASES else None,
+                               outside_the_tunnel)
         print(f"{case}, {backend}, {'with' if firewall else 'WITHOUT'} vpn-firewall: {len(frames)} frame(s) leaked")
         if firewall:
             assert frames == [], [(f.src, f.dst, f.dport) for f in frames[:5]]
         elif case.startswith("disconnect"):
             assert frames, "the control: vpnc-script puts the old default route back, and the flood leaves by it"
         if case.startswith("reconnect") or case.startswith("DTLS"):
-            deadline = time.time() + 15
-            while bed.fetch() != "ok" and time.time() < deadline:
-                pass
-            assert bed.fetch() == "ok", "the tunnel works again (or still), through the kill switch"
+            assert fetched_within(bed, 15), "the tunnel works again (or still), through the kill switch"
     finally:
         bed.down()

@@ -231,6 +231,25 @@ def flood(bed, seconds):
                              str(int(seconds * 500)), str(seconds)], stdout=subprocess.DEVNULL)
 
 
+def frames_across(bed, capture, change, outside) -> list:
+    """What reached the far side outside the tunnel while a 3 s flood ran across change()."""
+    pcap = capture(bed)
+    flooding = flood(bed, 3.0)
+    time.sleep(0.7)
+    change()
+    flooding.wait(timeout=30)
+    time.sleep(0.3)
+    return outside(pcap)
+
+
+def fetched_within(bed, seconds) -> bool:
+    """Whether a fetch through the tunnel works within `seconds`."""
+    deadline = time.time() + seconds
+    while bed.fetch() != "ok" and time.time() < deadline:
+        pass
+    return bed.fetch() == "ok"
+
+
 def wireguard_go_pid(bed) -> int:
     pids = subprocess.run(["ip", "netns", "pids", bed.client], capture_output=True, text=True).stdout.split()
     for pid in pids:
@@ -264,22 +283,13 @@ def test_wireguard_leak_matrix(tmp_path, backend, firewall, case):
             assert bed.loader("start").returncode == 0
         bed.wg_quick("up")
         assert bed.fetch() == "ok", "the tunnel works before"
-        pcap = capture(bed)
-        flooding = flood(bed, 3.0)
-        time.sleep(0.7)
-        CASES[case](bed)
-        flooding.wait(timeout=30)
-        time.sleep(0.3)
-        frames = leaked(pcap)
+        frames = frames_across(bed, capture, lambda: CASES[case](bed), leaked)
         print(f"{case}, {backend}, {'with' if firewall else 'WITHOUT'} vpn-firewall: {len(frames)} frame(s) leaked")
         if firewall:
             assert frames == [], [(f.src, f.dst, f.dport) for f in frames[:5]]
         else:
             assert frames, "the control: without the kill switch the flood leaves by eth0"
         if case == "down and up again":  # WireGuard retries a lost handshake after 5 s, with or without us
-            deadline = time.time() + 15
-            while bed.fetch() != "ok" and time.time() < deadline:
-                pass
-            assert bed.fetch() == "ok", "reconnected through the kill switch without restarting it"
+            assert fetched_within(bed, 15), "reconnected through the kill switch without restarting it"
     finally:
         bed.down()
