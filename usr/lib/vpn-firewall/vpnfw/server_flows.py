@@ -3,9 +3,9 @@
 A provider's list can hold thousands of servers; walking it for every packet the VPN client
 sends costs in proportion to its length. The first packet of a flow walks it; when a server
 rule accepts it, the flow's conntrack mark gets APPROVED with the list's fingerprint, and its
-later packets are accepted by one rule near the top, whatever the list's length.
+later packets are accepted by one rule where the list begins, whatever the list's length.
 
-What keeps this exactly as strict as the walk:
+What keeps this as strict as the walk (with the one exception the first point names):
 - the fingerprint covers everything the server rules match on (addresses, protocols, ports,
   $VPN_USER, $VPN_GROUP, $VPN_FWMARK): a load with another list stops honoring approvals it
   did not give, unless two lists share a fingerprint (one chance in 65,536 for a given pair:
