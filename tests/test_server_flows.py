@@ -39,9 +39,10 @@ ONLY_8 = "@def $VPN_SERVERS = (198.51.100.8:1194/udp);\n"
 
 
 def counters(ns, env) -> dict:
-    """Packets per rule of our OUTPUT chain and the server flow chain, by the rule's text."""
-    out = subprocess.run(["ip", "netns", "exec", ns.name, "iptables-save", "-c"], capture_output=True, text=True,
-                         env=env, check=True).stdout
+    """Packets per rule of our OUTPUT chain and the server flow chain, by the rule's text
+    (the filter table's: the fence repeats the fast rule)."""
+    out = subprocess.run(["ip", "netns", "exec", ns.name, "iptables-save", "-c", "-t", "filter"],
+                         capture_output=True, text=True, env=env, check=True).stdout
     found = {}
     for line in out.splitlines():
         if line.startswith("[") and "-A VPNFW-" in line:
@@ -51,7 +52,7 @@ def counters(ns, env) -> dict:
 
 
 def fast(c):
-    return sum(n for rule, n in c.items() if rule.startswith("-A VPNFW-OUTPUT -m connmark --mark 0x4"))
+    return sum(n for rule, n in c.items() if rule.startswith("-A VPNFW-OUTPUT ") and "-m connmark --mark 0x4" in rule)
 
 
 def refused(c):
@@ -118,5 +119,42 @@ def test_another_users_socket_in_an_approved_flow_stays_blocked(tmp_path, netns,
         assert fast(c) == 19 and refused(c) > before and failed == 30, c
     finally:
         for proc in (vpn, other):
+            proc.stdin.close()
+            proc.wait(timeout=10)
+
+
+def fence_counter(ns, env, owner) -> int:
+    out = subprocess.run(["ip", "netns", "exec", ns.name, "iptables-save", "-c", "-t", "security"],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    return sum(int(line[1:line.index(":")]) for line in out.splitlines()
+               if "-A VPNFW-OUTPUT " in line and "-m connmark" in line and f"--uid-owner {owner} " in line)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_fence_lets_an_approved_flow_by_only_for_its_owner(tmp_path, netns, backend):
+    """The fast rule stands before the judging mark; when another tool accepts every packet
+    ahead of our chain, the fence lets by the flows our list approved, for the owners the
+    list names, and nothing else."""
+    env = {"PATH": backend_path(tmp_path, backend)}
+    conf = write_config(tmp_path / "conf", {"30_user.conf": BOTH + "@def $VPN_USER = root;\n"})
+    ns = netns("fenceflow")
+    ns.sh(CABLE)
+    assert run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name).returncode == 0
+    full_env = dict(os.environ, **env)
+    vpn = start_sender(ns, full_env, "198.51.100.7", 20)
+    other = start_sender(ns, full_env, "198.51.100.7", 30, user=65534)
+    stranger = start_sender(ns, full_env, "198.51.100.9", 10)  # root, to no server
+    try:
+        assert round_of(vpn) == 0
+        before = fence_counter(ns, env, 0)
+        # another tool, ahead of our jump
+        subprocess.run(["ip", "netns", "exec", ns.name, "iptables", "-I", "OUTPUT", "1", "-j", "ACCEPT"],
+                       env=full_env, check=True)
+        assert round_of(vpn) == 0 and fence_counter(ns, env, 0) == before + 20, "the approved flow goes on"
+        assert round_of(other) == 30, "another user's socket in the same flow: dropped by the fence"
+        assert round_of(stranger) == 10, "a flow no list approved: dropped by the fence"
+        assert fence_counter(ns, env, 0) == before + 20
+    finally:
+        for proc in (vpn, other, stranger):
             proc.stdin.close()
             proc.wait(timeout=10)

@@ -268,16 +268,18 @@ def _judged(family, chain):
     return _rule(family, chain, (), (), "MARK", (("--set-xmark", JUDGED_MARK),))
 
 
-def fence(family, tunnels, inside, tunnel_first=False):
+def fence(family, tunnels, inside, tunnel_first=False, approved=()):
     """The fence's chains (see model.FENCE_TABLE): a packet that our filter chain did not
     judge, because another tool accepted it first, passes only when it stays on loopback, in
     the tunnel or on a trusted internal interface; anything else is dropped, there being no
     REJECT outside the filter table. It never accepts: the packet just goes on; a judged one
-    with the judging bit cleared (goto JUDGED, which ends where the built-in chain goes on)."""
+    with the judging bit cleared (goto JUDGED, which ends where the built-in chain goes on).
+    approved: server_flows.fence_rules, for flows our filter chain accepts before it marks."""
     judged = (("mark", ((False, "--mark", JUDGED_MARK),)),)
 
-    def chain(name, headers, first=()):
+    def chain(name, headers, first=(), approved=()):
         out = [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in first]
+        out += list(approved)
         out += [Rule(family, FENCE_TABLE, name, (), judged, our_chain(JUDGED_CHAIN), goto=True)]
         out += [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in headers]
         return out + [Rule(family, FENCE_TABLE, name, (), (), "DROP")]
@@ -292,12 +294,13 @@ def fence(family, tunnels, inside, tunnel_first=False):
         + chain("INPUT", [(_h("-i", i),) for i in ("lo", *tunnels, *inside)])
         + chain("FORWARD", [(_h("-i", g), _h("-o", t)) for g in inside for t in tunnels]
                 + [(_h("-o", g),) for g in inside])
-        + chain("OUTPUT", out_headers, first)
+        + chain("OUTPUT", out_headers, first, approved)
     )
 
 
-def output_chain(family, settings, user, portal=None):
-    tunnel_first, into_tunnel = [], []
+def output_chain(family, settings, user, endpoints, portal=None):
+    """endpoints: _endpoint_rules of this family (build needs them for the fence too)."""
+    tunnel_first, into_tunnel, approved_first = [], [], []
     if not user:
         # Nothing of the user's decides before the tunnel: its packets, most of the traffic,
         # go to their own chain first and pass a handful of rules (the fence lets them by
@@ -305,7 +308,10 @@ def output_chain(family, settings, user, portal=None):
         tunnel_first = [_rule(family, "OUTPUT", (_h("-o", iface),), (), our_chain(TUNNEL_OUT_CHAIN))
                         for iface in settings.vpn_interfaces]
         into_tunnel = _tunnel_out_chain(family, settings)
-    rules = tunnel_first + [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
+        # then the flows the server list approved (server_flows.py): only accepts stand
+        # before them, so they may go before the judging mark; the fence knows them too
+        approved_first = server_flows.fast_rules(family, endpoints, _owner_matches(settings))
+    rules = tunnel_first + approved_first + [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
     if not tunnel_first:
         rules += _tunnel_flows(family, "OUTPUT", settings)
     rules += user
@@ -318,8 +324,8 @@ def output_chain(family, settings, user, portal=None):
     if not tunnel_first:
         rules += _tunnel_rules(family, settings)
     # a flow the server list accepted once is accepted here at once (server_flows.py)
-    endpoints = _endpoint_rules(family, settings)
-    rules += server_flows.fast_rules(family, endpoints, _owner_matches(settings))
+    if not tunnel_first:
+        rules += server_flows.fast_rules(family, endpoints, _owner_matches(settings))
     servers, server_chains = _split_server_list(family, server_flows.judged(endpoints))
     server_chains += server_flows.chain(family, endpoints)
     rules += servers
@@ -412,13 +418,16 @@ def build(settings, user_rules, portal=None) -> dict:
         for r in mine:
             if r.table == "filter":
                 by_chain.setdefault(r.chain, []).append(r)
+        user_output = by_chain.get("OUTPUT", [])
+        endpoints = _endpoint_rules(family, settings)
+        approved = [] if user_output else server_flows.fence_rules(family, endpoints, _owner_matches(settings))
         ruleset[family] = (
             input_chain(family, settings, by_chain.get("INPUT", []))
             + forward_chain(family, settings, by_chain.get("FORWARD", []))
-            + output_chain(family, settings, by_chain.get("OUTPUT", []), portal)
+            + output_chain(family, settings, user_output, endpoints, portal)
             + [r for r in mine if r.table != "filter" or r.chain not in BUILTIN_CHAINS["filter"]]  # user chains
             + _gateway_nat(family, settings)
-            + fence(family, settings.vpn_interfaces, settings.gateway_interfaces, not by_chain.get("OUTPUT"))
+            + fence(family, settings.vpn_interfaces, settings.gateway_interfaces, not user_output, approved)
         )
     return ruleset
 

@@ -13,15 +13,18 @@ What keeps this as strict as the walk (with the one exception the first point na
   ends; a list that comes back honors its own approvals again, rightly);
 - the fast rule repeats the owner and mark matches of the server rules, since another socket
   could share a flow's addresses and ports;
-- only the flow's own packets in its own direction (not RELATED: the kernel's ICMP errors
-  about a flow whose client died must not leave);
+- only the flow's own packets (not RELATED: the kernel's ICMP errors about a flow whose
+  client died must not leave), told by the protocol where the list names one;
 - only root can set a conntrack mark; the fast rule stands where the server list begins,
-  after the user's rules and the tunnel's, so nothing ahead of it changes meaning.
+  after the user's rules and the tunnel's, so nothing ahead of it changes meaning; without
+  user OUTPUT rules nothing ahead of it but accepts, so it goes first (before the judging
+  mark), and the fence lets the same packets by with the same matches (fence_rules): the
+  flows it lets by are ones our current list approved, never another tool's.
 """
 
 import zlib
 
-from .model import Rule, our_chain
+from .model import FENCE_TABLE, Rule, our_chain
 
 APPROVED_BIT = 0x40000000
 LIST_SHIFT, LIST_BITS = 12, 0xFFFF  # the fingerprint in bits 12-27 of the conntrack mark
@@ -45,17 +48,42 @@ def judged(server_rules):
     return [r._replace(target=our_chain(CHAIN)) for r in server_rules]
 
 
+def _protocol(rule):
+    return next((value for negated, flag, value in rule.header if flag == "-p" and not negated), None)
+
+
+def _approved(family, server_rules) -> list:
+    """(header, matches) pairs, each one way an approved flow's own packets look. The flow's
+    own, not the kernel's ICMP errors about it (RELATED), which must not leave when the VPN
+    client is gone: when every server rule names its protocol, the protocol tells them apart
+    (an ICMP error is ICMP), which nf_tables matches natively; else conntrack's state does."""
+    flow = ("connmark", ((False, "--mark", approval(family, server_rules)),))
+    protocols = {_protocol(r) for r in server_rules}
+    if None in protocols:
+        own = ("conntrack", ((True, "--ctstate", "RELATED"), (False, "--ctdir", "ORIGINAL")))
+        return [((), (flow, own))]
+    # any packet of the flow in OUTPUT and in the reply direction goes to our own address
+    # (a local socket bound to the server's address): it stays on this machine
+    return [(((False, "-p", proto),), (flow,)) for proto in sorted(protocols)]
+
+
 def fast_rules(family, server_rules, owners) -> list:
     """Where the server list begins: an approved flow's packet accepted, as its owner and
     mark would be by the list (owners: the match tuples of $VPN_USER, $VPN_GROUP and
     $VPN_FWMARK, or [()] when the servers are open to every program)."""
     if not server_rules:
         return []
-    flow = ("connmark", ((False, "--mark", approval(family, server_rules)),))
-    # the flow's own packets, as the server rule saw them: not the kernel's ICMP errors about
-    # it (RELATED), which must not leave when the VPN client is gone
-    own = ("conntrack", ((True, "--ctstate", "RELATED"), (False, "--ctdir", "ORIGINAL")))
-    return [Rule(family, "filter", "OUTPUT", (), (flow, own) + owner, "ACCEPT") for owner in owners]
+    return [Rule(family, "filter", "OUTPUT", header, matches + owner, "ACCEPT")
+            for header, matches in _approved(family, server_rules) for owner in owners]
+
+
+def fence_rules(family, server_rules, owners) -> list:
+    """The fence's side of fast rules that stand before the judging mark: the same packets
+    go on unmarked (RETURN: the fence never accepts)."""
+    if not server_rules:
+        return []
+    return [Rule(family, FENCE_TABLE, "OUTPUT", header, matches + owner, "RETURN")
+            for header, matches in _approved(family, server_rules) for owner in owners]
 
 
 def chain(family, server_rules) -> list:
