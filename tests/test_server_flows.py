@@ -158,3 +158,86 @@ def test_the_fence_lets_an_approved_flow_by_only_for_its_owner(tmp_path, netns, 
         for proc in (vpn, other, stranger):
             proc.stdin.close()
             proc.wait(timeout=10)
+
+
+# The server's side: echoes what reaches 198.51.100.7:1194; on a line of stdin, sends COUNT
+# datagrams to 192.0.2.1:40001, a port no flow of ours uses (a new connection from the server's
+# address: what a LAN attacker spoofing it would send).
+SERVER = r"""
+import socket, sys, threading
+echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+echo.bind(("198.51.100.7", 1194))
+def serve():
+    while True:
+        data, peer = echo.recvfrom(2048)
+        echo.sendto(data, peer)
+threading.Thread(target=serve, daemon=True).start()
+print("ready", flush=True)
+for line in sys.stdin:
+    for _ in range(int(line)):
+        echo.sendto(b"y" * 64, ("192.0.2.1", 40001))
+    print("sent", flush=True)
+"""
+# On our side: sends COUNT datagrams from 40000 to the server, then counts for half a second
+# what came back to 40000 and what came to 40001; prints both.
+ROUND_TRIP = r"""
+import socket, sys, time
+count = int(sys.argv[1])
+flow, other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flow.bind(("0.0.0.0", 40000)); other.bind(("0.0.0.0", 40001))
+flow.connect(("198.51.100.7", 1194))
+for s in (flow, other):
+    s.settimeout(0.05)
+for line in sys.stdin:
+    for _ in range(count):
+        flow.send(b"x" * 64)
+    got, deadline = {"replies": 0, "new": 0}, time.time() + 0.5
+    while time.time() < deadline:
+        for name, s in (("replies", flow), ("new", other)):
+            try:
+                s.recv(2048)
+                got[name] += 1
+            except OSError:
+                pass
+    print(got["replies"], got["new"], flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_fence_lets_an_approved_flows_replies_in_and_nothing_new_from_the_server(tmp_path, netns, backend):
+    """Another tool accepts every packet in INPUT ahead of our chain: the server's replies to
+    the approved flow still come in (the fence knows them), a new connection from the
+    server's address does not."""
+    env = {"PATH": backend_path(tmp_path, backend)}
+    full_env = dict(os.environ, **env)
+    conf = write_config(tmp_path / "conf", {"30_user.conf": BOTH})
+    ours, far = netns("replies"), netns("server")
+    ours.sh(f"ip link add v0 type veth peer name v1 netns {far.name} && ip link set v0 up && "
+            "ip addr add 192.0.2.1/24 dev v0 && ip route add default via 192.0.2.254 dev v0")
+    far.sh("ip link set lo up && ip link set v1 up && ip addr add 192.0.2.254/24 dev v1 && "
+           "ip addr add 198.51.100.7/32 dev lo")
+    assert run_loader(["--config-dir", conf, "start"], env=env, netns=ours.name).returncode == 0
+    server = subprocess.Popen(["ip", "netns", "exec", far.name, sys.executable, "-c", SERVER],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen(["ip", "netns", "exec", ours.name, sys.executable, "-c", ROUND_TRIP, "10"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=full_env)
+
+    def round_trip(new):
+        server.stdin.write(f"{new}\n")
+        server.stdin.flush()
+        assert server.stdout.readline().strip() == "sent"
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        return tuple(int(n) for n in client.stdout.readline().split())
+
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        assert round_trip(5) == (10, 0), "our rules: replies in, the server's new connection refused"
+        subprocess.run(["ip", "netns", "exec", ours.name, "iptables", "-I", "INPUT", "1", "-j", "ACCEPT"],
+                       env=full_env, check=True)  # another tool, ahead of our jump
+        assert round_trip(5) == (10, 0), "the fence: the approved flow's replies in, nothing new"
+    finally:
+        for proc in (server, client):
+            proc.stdin.close()
+            proc.kill()
+            proc.wait(timeout=10)

@@ -29,7 +29,8 @@ JUDGED_CHAIN = "JUDGED"
 UNJUDGE = "0x0/0x10000000"
 # A bit of the conntrack mark: the connection went out (or came in) through the tunnel, so
 # none of its packets may arrive by another interface (a LAN attacker's spoofed "replies").
-TUNNEL_FLOW_MARK = "0x20000000/0x20000000"
+TUNNEL_FLOW_BIT = 0x20000000
+TUNNEL_FLOW_MARK = f"0x{TUNNEL_FLOW_BIT:x}/0x{TUNNEL_FLOW_BIT:x}"
 TUNNEL_FLOW_CHAIN = "TUNNEL-FLOWS"  # where INPUT sends them: RETURN from the tunnel, else DROP
 # Every table we keep chains in: the users' tables and the fence.
 OUR_TABLES = {**BUILTIN_CHAINS, FENCE_TABLE: ("INPUT", "FORWARD", "OUTPUT")}

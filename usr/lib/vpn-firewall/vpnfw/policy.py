@@ -13,6 +13,7 @@ from .model import (BUILTIN_CHAINS, FENCE_TABLE, JUDGED_BIT, JUDGED_CHAIN, JUDGE
 
 UDP_DNS = (("udp", ((False, "--dport", "53"),)),)
 TCP_DNS = (("tcp", ((False, "--dport", "53"),)),)
+ESTABLISHED = (("conntrack", ((False, "--ctstate", "RELATED,ESTABLISHED"),)),)
 LOG_LIMIT = ("limit", ((False, "--limit", "5/min"), (False, "--limit-burst", "10")))
 # What a LAN needs besides its own networks: broadcast and link-scope multicast.
 LAN_MULTICAST = {V.IP: ("224.0.0.0/24", "239.255.255.250/32", "255.255.255.255/32"), V.IP6: ("ff02::/16",)}
@@ -268,33 +269,31 @@ def _judged(family, chain):
     return _rule(family, chain, (), (), "MARK", (("--set-xmark", JUDGED_MARK),))
 
 
-def fence(family, tunnels, inside, tunnel_first=False, approved=()):
+def fence(family, tunnels, inside, fast_in=None, fast_out=None):
     """The fence's chains (see model.FENCE_TABLE): a packet that our filter chain did not
     judge, because another tool accepted it first, passes only when it stays on loopback, in
     the tunnel or on a trusted internal interface; anything else is dropped, there being no
     REJECT outside the filter table. It never accepts: the packet just goes on; a judged one
     with the judging bit cleared (goto JUDGED, which ends where the built-in chain goes on).
-    approved: server_flows.fence_rules, for flows our filter chain accepts before it marks."""
+    fast_in, fast_out: None when the user's rules come first in the filter chain; else our
+    chain accepts some packets before it marks them (the tunnel's, and the approved server
+    flows' that these rules of server_flows name), and the fence lets the same ones by first."""
     judged = (("mark", ((False, "--mark", JUDGED_MARK),)),)
 
-    def chain(name, headers, first=(), approved=()):
+    def chain(name, flag, headers, fast):
+        first = [] if fast is None else [(_h(flag, i),) for i in tunnels]
         out = [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in first]
-        out += list(approved)
+        out += list(fast or ())
         out += [Rule(family, FENCE_TABLE, name, (), judged, our_chain(JUDGED_CHAIN), goto=True)]
-        out += [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in headers]
+        out += [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in headers if header not in first]
         return out + [Rule(family, FENCE_TABLE, name, (), (), "DROP")]
-
-    # the tunnel's packets never carry the judging mark when they go to their own chain
-    # first (output_chain): they may pass the fence before the mark is looked at
-    first = [(_h("-o", i),) for i in tunnels] if tunnel_first else []
-    out_headers = [(_h("-o", i),) for i in ("lo", *([] if tunnel_first else tunnels), *inside)]
 
     return (
         [Rule(family, FENCE_TABLE, JUDGED_CHAIN, (), (), "MARK", (("--set-xmark", UNJUDGE),))]
-        + chain("INPUT", [(_h("-i", i),) for i in ("lo", *tunnels, *inside)])
-        + chain("FORWARD", [(_h("-i", g), _h("-o", t)) for g in inside for t in tunnels]
-                + [(_h("-o", g),) for g in inside])
-        + chain("OUTPUT", out_headers, first, approved)
+        + chain("INPUT", "-i", [(_h("-i", i),) for i in ("lo", *tunnels, *inside)], fast_in)
+        + chain("FORWARD", None, [(_h("-i", g), _h("-o", t)) for g in inside for t in tunnels]
+                + [(_h("-o", g),) for g in inside], None)
+        + chain("OUTPUT", "-o", [(_h("-o", i),) for i in ("lo", *tunnels, *inside)], fast_out)
     )
 
 
@@ -343,12 +342,20 @@ def output_chain(family, settings, user, endpoints, portal=None):
     return rules + _reject_all(family, "OUTPUT") + server_chains + (into_tunnel if tunnel_first else [])
 
 
-def input_chain(family, settings, user):
-    rules = [_judged(family, "INPUT"), _rule(family, "INPUT", (_h("-i", "lo"),))]
+def input_chain(family, settings, user, endpoints):
+    """endpoints: as output_chain's."""
+    rules = []
+    if not user:
+        # Nothing of the user's decides before: the replies in the tunnel and the servers'
+        # to approved flows, most of what comes in, are accepted at once, unmarked (the
+        # fence lets the same ones by); a tunnel's new connection still gets its mark below
+        rules += [_rule(family, "INPUT", (_h("-i", iface),), ESTABLISHED) for iface in settings.vpn_interfaces]
+        rules += server_flows.reply_rules(family, endpoints)
+    rules += [_judged(family, "INPUT"), _rule(family, "INPUT", (_h("-i", "lo"),))]
     rules += _tunnel_flows(family, "INPUT", settings)
     rules += user
     # replies first: most packets; no packet is both a reply and INVALID
-    rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "RELATED,ESTABLISHED"),)),)))
+    rules.append(_rule(family, "INPUT", (), ESTABLISHED))
     rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "INVALID"),)),), "DROP"))
     if settings.allow_dhcp:
         rules += _dhcp_rules(family, "INPUT", settings)
@@ -418,16 +425,17 @@ def build(settings, user_rules, portal=None) -> dict:
         for r in mine:
             if r.table == "filter":
                 by_chain.setdefault(r.chain, []).append(r)
-        user_output = by_chain.get("OUTPUT", [])
+        user_input, user_output = by_chain.get("INPUT", []), by_chain.get("OUTPUT", [])
         endpoints = _endpoint_rules(family, settings)
-        approved = [] if user_output else server_flows.fence_rules(family, endpoints, _owner_matches(settings))
+        fast_in = None if user_input else server_flows.reply_rules(family, endpoints, target="RETURN")
+        fast_out = None if user_output else server_flows.fence_rules(family, endpoints, _owner_matches(settings))
         ruleset[family] = (
-            input_chain(family, settings, by_chain.get("INPUT", []))
+            input_chain(family, settings, user_input, endpoints)
             + forward_chain(family, settings, by_chain.get("FORWARD", []))
             + output_chain(family, settings, user_output, endpoints, portal)
             + [r for r in mine if r.table != "filter" or r.chain not in BUILTIN_CHAINS["filter"]]  # user chains
             + _gateway_nat(family, settings)
-            + fence(family, settings.vpn_interfaces, settings.gateway_interfaces, not user_output, approved)
+            + fence(family, settings.vpn_interfaces, settings.gateway_interfaces, fast_in, fast_out)
         )
     return ruleset
 

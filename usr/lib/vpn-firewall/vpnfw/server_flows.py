@@ -24,7 +24,7 @@ What keeps this as strict as the walk (with the one exception the first point na
 
 import zlib
 
-from .model import FENCE_TABLE, Rule, our_chain
+from .model import FENCE_TABLE, TUNNEL_FLOW_BIT, Rule, our_chain
 
 APPROVED_BIT = 0x40000000
 LIST_SHIFT, LIST_BITS = 12, 0xFFFF  # the fingerprint in bits 12-27 of the conntrack mark
@@ -75,6 +75,19 @@ def fast_rules(family, server_rules, owners) -> list:
         return []
     return [Rule(family, "filter", "OUTPUT", header, matches + owner, "ACCEPT")
             for header, matches in _approved(family, server_rules) for owner in owners]
+
+
+def reply_rules(family, server_rules, chain="INPUT", target="ACCEPT") -> list:
+    """The server's replies to an approved flow (ESTABLISHED by definition: the flow began
+    here, and a packet without a connection, INVALID, has no mark), accepted before anything
+    else in INPUT when nothing of the user's comes first; never a flow that also has the
+    tunnel's bit (its packets must come by the tunnel). The fence's side: target RETURN."""
+    if not server_rules:
+        return []
+    value = APPROVED_BIT | fingerprint(family, server_rules) << LIST_SHIFT
+    flow = ("connmark", ((False, "--mark", f"0x{value:x}/0x{MASK | TUNNEL_FLOW_BIT:x}"),))
+    table = "filter" if target == "ACCEPT" else FENCE_TABLE
+    return [Rule(family, table, chain, (), (flow,), target)]
 
 
 def fence_rules(family, server_rules, owners) -> list:
