@@ -78,12 +78,18 @@ def test_a_server_flow_is_judged_once_and_the_approval_goes_with_the_server(tmp_
     ns = netns("flows")
     ns.sh(CABLE)
     assert run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name).returncode == 0
+    # nat sees a flow's first packet, after the fence: the judging bit must be gone by then
+    judged_bit = ["iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x10000000/0x10000000"]
+    subprocess.run(["ip", "netns", "exec", ns.name, *judged_bit], env=dict(os.environ, **env), check=True)
     sender = start_sender(ns, dict(os.environ, **env), "198.51.100.7", 50)
     try:
         assert round_of(sender) == 0
         c = counters(ns, env)
         server = "-A VPNFW-OUTPUT -d 198.51.100.7/32 -p udp -m udp --dport 1194 -j VPNFW-SERVER-FLOW"
         assert c[server] == 1 and fast(c) == 49, c  # the list once, then the one rule
+        nat = subprocess.run(["ip", "netns", "exec", ns.name, "iptables-save", "-c", "-t", "nat"],
+                             capture_output=True, text=True, env=dict(os.environ, **env), check=True).stdout
+        assert "[0:0] -A POSTROUTING -m mark --mark 0x10000000/0x10000000" in nat, nat
         # the config drops the server: the same flow's packets are refused from the reload on
         write_config(tmp_path / "conf", {"30_user.conf": ONLY_8})
         assert run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name).returncode == 0
@@ -241,3 +247,45 @@ def test_the_fence_lets_an_approved_flows_replies_in_and_nothing_new_from_the_se
             proc.stdin.close()
             proc.kill()
             proc.wait(timeout=10)
+
+
+# Sends to ADDR:1194 from port 40000 for SECONDS; prints how many sends there were and failed.
+FLOOD = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 40000))
+s.connect((sys.argv[1], 1194))
+sent = failed = 0
+print("go", flush=True)
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    sent += 1
+    try:
+        s.send(b"x" * 64)
+    except OSError:
+        failed += 1
+print(sent, failed, flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reload_with_another_list_drops_nothing_of_a_flow_it_keeps(tmp_path, netns, backend):
+    """The filter and fence tables are committed one after the other: between the two, the
+    VPN's packets (approved by the old list, then by the new) must still pass both."""
+    env = {"PATH": backend_path(tmp_path, backend)}
+    conf = write_config(tmp_path / "conf", {"30_user.conf": BOTH})
+    ns = netns("reloadflow")
+    ns.sh(CABLE)
+    assert run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name).returncode == 0
+    flood = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-c", FLOOD, "198.51.100.7", "4"],
+                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, **env))
+    try:
+        assert flood.stdout.readline().strip() == "go"
+        for extra in ("198.51.100.9", "198.51.100.10", "198.51.100.11"):
+            write_config(tmp_path / "conf", {"30_user.conf": BOTH.replace(");", f" {extra}:1194/udp);")})
+            assert run_loader(["--config-dir", conf, "reload"], env=env, netns=ns.name).returncode == 0
+        sent, failed = (int(n) for n in flood.stdout.readline().split())
+    finally:
+        flood.kill()
+        flood.wait(timeout=10)
+    assert sent > 1000 and failed == 0, (sent, failed)

@@ -283,8 +283,9 @@ def fence(family, tunnels, inside, fast_in=None, fast_out=None):
     def chain(name, flag, headers, fast):
         first = [] if fast is None else [(_h(flag, i),) for i in tunnels]
         out = [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in first]
-        out += list(fast or ())
+        # a flow's first packet is judged and approved at once: its judging bit is cleared first
         out += [Rule(family, FENCE_TABLE, name, (), judged, our_chain(JUDGED_CHAIN), goto=True)]
+        out += list(fast or ())
         out += [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in headers if header not in first]
         return out + [Rule(family, FENCE_TABLE, name, (), (), "DROP")]
 

@@ -18,8 +18,16 @@ What keeps this as strict as the walk (with the one exception the first point na
 - only root can set a conntrack mark; the fast rule stands where the server list begins,
   after the user's rules and the tunnel's, so nothing ahead of it changes meaning; without
   user OUTPUT rules nothing ahead of it but accepts, so it goes first (before the judging
-  mark), and the fence lets the same packets by with the same matches (fence_rules): the
-  flows it lets by are ones our current list approved, never another tool's.
+  mark).
+
+The fence (model.FENCE_TABLE) then sees those packets unmarked, and lets them by when their
+flow carries APPROVED, with the same protocol and owner matches (fence_rules): flows our
+chain approved, never another tool's. It asks for the bit, not for the current list's
+fingerprint: the filter and fence tables are committed one after the other, and a fence
+that knew only the new list would drop the VPN's packets between the two commits of a
+reload. What that allows: when another tool accepts ahead of our filter chain (until the
+guard repairs it) a flow that the previous list approved, to a server the new list dropped,
+passes the fence too; our own chain refuses it from the reload on.
 """
 
 import zlib
@@ -52,12 +60,13 @@ def _protocol(rule):
     return next((value for negated, flag, value in rule.header if flag == "-p" and not negated), None)
 
 
-def _approved(family, server_rules) -> list:
-    """(header, matches) pairs, each one way an approved flow's own packets look. The flow's
-    own, not the kernel's ICMP errors about it (RELATED), which must not leave when the VPN
-    client is gone: when every server rule names its protocol, the protocol tells them apart
-    (an ICMP error is ICMP), which nf_tables matches natively; else conntrack's state does."""
-    flow = ("connmark", ((False, "--mark", approval(family, server_rules)),))
+def _approved(family, server_rules, mark) -> list:
+    """(header, matches) pairs, each one way an approved flow's own packets look (MARK: the
+    conntrack mark's value/mask that tells an approved flow). The flow's own, not the
+    kernel's ICMP errors about it (RELATED), which must not leave when the VPN client is
+    gone: when every server rule names its protocol, the protocol tells them apart (an ICMP
+    error is ICMP), which nf_tables matches natively; else conntrack's state does."""
+    flow = ("connmark", ((False, "--mark", mark),))
     protocols = {_protocol(r) for r in server_rules}
     if None in protocols:
         own = ("conntrack", ((True, "--ctstate", "RELATED"), (False, "--ctdir", "ORIGINAL")))
@@ -74,29 +83,30 @@ def fast_rules(family, server_rules, owners) -> list:
     if not server_rules:
         return []
     return [Rule(family, "filter", "OUTPUT", header, matches + owner, "ACCEPT")
-            for header, matches in _approved(family, server_rules) for owner in owners]
+            for header, matches in _approved(family, server_rules, approval(family, server_rules))
+            for owner in owners]
 
 
-def reply_rules(family, server_rules, chain="INPUT", target="ACCEPT") -> list:
-    """The server's replies to an approved flow (ESTABLISHED by definition: the flow began
+def reply_rules(family, server_rules, target="ACCEPT") -> list:
+    """The servers' replies to approved flows (ESTABLISHED by definition: the flow began
     here, and a packet without a connection, INVALID, has no mark), accepted before anything
     else in INPUT when nothing of the user's comes first; never a flow that also has the
     tunnel's bit (its packets must come by the tunnel). The fence's side: target RETURN."""
     if not server_rules:
         return []
-    value = APPROVED_BIT | fingerprint(family, server_rules) << LIST_SHIFT
-    flow = ("connmark", ((False, "--mark", f"0x{value:x}/0x{MASK | TUNNEL_FLOW_BIT:x}"),))
+    flow = ("connmark", ((False, "--mark", f"0x{APPROVED_BIT:x}/0x{APPROVED_BIT | TUNNEL_FLOW_BIT:x}"),))
     table = "filter" if target == "ACCEPT" else FENCE_TABLE
-    return [Rule(family, table, chain, (), (flow,), target)]
+    return [Rule(family, table, "INPUT", (), (flow,), target)]
 
 
 def fence_rules(family, server_rules, owners) -> list:
-    """The fence's side of fast rules that stand before the judging mark: the same packets
-    go on unmarked (RETURN: the fence never accepts)."""
+    """The fence's side of fast rules that stand before the judging mark: the packets of
+    approved flows go on unmarked (RETURN: the fence never accepts)."""
     if not server_rules:
         return []
     return [Rule(family, FENCE_TABLE, "OUTPUT", header, matches + owner, "RETURN")
-            for header, matches in _approved(family, server_rules) for owner in owners]
+            for header, matches in _approved(family, server_rules, f"0x{APPROVED_BIT:x}/0x{APPROVED_BIT:x}")
+            for owner in owners]
 
 
 def chain(family, server_rules) -> list:
