@@ -105,8 +105,10 @@ class Conditions:
     def switch(self, name) -> str:
         out = ""
         for t in TABLES:
-            policies, rules = self.builtins[name][t]
-            out += f"*{t}\n" + "".join(p + "\n" for p in policies) + "".join(f"-F {c}\n" for c in BUILTINS)
+            rules = self.builtins[name][t][1]
+            # policies stay ACCEPT: our chains end in a verdict of their own, and a swap that
+            # sets a policy is not one atomic step for iptables-nft (the stream got EPERM)
+            out += f"*{t}\n" + "".join(f"-F {c}\n" for c in BUILTINS)
             out += "".join(r + "\n" for r in rules) + "COMMIT\n"
         return out
 
