@@ -92,6 +92,10 @@ def cmd_start(args) -> int:
             from .portal import forget_ended
 
             forget_ended()  # a killed session's file, once its time is up: its rules are gone now
+        if os.path.exists(in_run_dir("exclusions.json")):
+            from .exclusion import forget_ended as forget_ended_exclusions
+
+            forget_ended_exclusions()  # sessions whose command and process are gone: no rules now
         cached = prepared[0].from_cache
         say("info", f"rules loaded and verified ({', '.join(load.families())})"
                     + ("; the config is unchanged since it was compiled last (cache)" if cached else ""))
@@ -284,6 +288,50 @@ def cmd_portal(args) -> int:
     return session(args.run, seconds, dns, reload, RulesLock, say)
 
 
+EXCLUDE_HOWTO = """\
+usage: sudo vpn-firewall exclude [--ports LIST] [--dns ADDR] -- COMMAND [ARG...]
+
+Runs COMMAND, as you, outside the tunnel: it and the processes it starts may leave by the
+physical interfaces (with --ports only to those ports), for as long as any of them runs.
+Every other program stays in the tunnel, or blocked when the VPN is down. Its DNS goes to
+the network's resolver (or --dns) outside the tunnel; any other DNS of it goes where
+everyone's goes. `vpn-firewall status` lists the exclusions that run.
+
+  sudo vpn-firewall exclude -- steam
+  sudo vpn-firewall exclude --ports 443 -- firefox --new-instance --profile "$(mktemp -d)"
+"""
+
+
+def cmd_exclude(args) -> int:
+    """One program outside the tunnel while it runs (see exclusion.py)."""
+    from . import exclusion, load, portal
+
+    if args.run is None:
+        sys.stdout.write(EXCLUDE_HOWTO)
+        return USAGE_ERROR
+    if os.geteuid() != 0:
+        say("error", "exclude changes the firewall: run it as root (sudo vpn-firewall exclude -- COMMAND)")
+        return REFUSED
+    try:
+        ports = exclusion.ports(args.values["--ports"]) if "--ports" in args.values else []
+        dns = [portal.dns_address(args.values["--dns"])] if "--dns" in args.values else portal.lease_resolvers()
+    except (exclusion.ExclusionError, portal.PortalError) as e:
+        say("error", str(e))
+        return USAGE_ERROR
+    try:
+        settings = compile_config(args.config_dir, quiet=True).settings
+    except ConfigError as e:
+        say("error", f"exclude: the config does not compile, nothing was opened: {e}")
+        return CONFIG_ERROR
+
+    def reload():
+        with RulesLock():
+            return load.apply(lambda: compile_config(args.config_dir, quiet=True).ruleset, say)
+    from .exclusion_run import session
+
+    return session(args.run, dns, ports, settings.vpn_interfaces, reload, say)
+
+
 COMMANDS = {
     "start": cmd_start,
     "reload": cmd_start,
@@ -296,6 +344,7 @@ COMMANDS = {
     "leak-test": cmd_leak_test,
     "guard": cmd_guard,
     "portal": cmd_portal,
+    "exclude": cmd_exclude,
     "unload": cmd_unload,
 }
 

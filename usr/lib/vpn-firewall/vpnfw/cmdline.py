@@ -35,6 +35,12 @@ COMMANDS = {
                {"--for DURATION": "how long at most: 90s, 5m, 1h (default 5m)",
                 "--dns ADDR": "the resolver it may ask (default: the network's, from resolv.conf)",
                 "-- COMMAND [ARG...]": "the program, run as the user who ran sudo"}),
+    "exclude": ("run one program (and its children) outside the tunnel for as long as it runs: by the "
+                "physical interfaces only, everything else stays in the tunnel or blocked",
+                {"--ports LIST": "only to these ports: 443,8000-8100/tcp,3478/udp (default: all)",
+                 "--dns ADDR": "the resolver it may ask outside the tunnel (default: the network's, "
+                               "from resolv.conf)",
+                 "-- COMMAND [ARG...]": "the program, run as the user who ran sudo"}),
     "unload": ("remove the kill switch and OPEN the network (needs --force)",
                {"--force": "yes, open this machine's network"}),
 }
@@ -92,8 +98,8 @@ def parse(argv: list) -> Args:
     command, rest = argv[i], argv[i + 1:]
     if command not in COMMANDS:
         _usage_error(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
-    if command == "portal":
-        return _portal_args(config_dir, rest)
+    if command in VALUED:
+        return _run_args(command, config_dir, rest)
     known = COMMANDS[command][1]
     for arg in rest:
         if arg in ("-h", "--help"):
@@ -105,29 +111,34 @@ def parse(argv: list) -> Args:
     return Args(command, config_dir, frozenset(rest))
 
 
-def _portal_args(config_dir: str, rest: list) -> Args:
-    """portal [--for DURATION] [--dns ADDR] [-- COMMAND ARG...]: options take a value."""
+# the commands that run a program, and their options (each takes a value)
+VALUED = {"portal": ("--for", "--dns"), "exclude": ("--ports", "--dns")}
+
+
+def _run_args(command: str, config_dir: str, rest: list) -> Args:
+    """portal|exclude [--OPTION VALUE ...] [-- COMMAND ARG...]."""
     values, i = {}, 0
     while i < len(rest) and rest[i] != "--":
         arg = rest[i]
         if arg in ("-h", "--help"):
-            _print(command_help("portal"))
+            _print(command_help(command))
             raise Exit(0)
         name, _, inline = arg.partition("=")
-        if name not in ("--for", "--dns"):
-            _usage_error(f"portal: unknown option {arg!r} (options: --for DURATION, --dns ADDR, then -- COMMAND)")
+        if name not in VALUED[command]:
+            options = ", ".join(o for o in COMMANDS[command][1] if not o.startswith("-- "))
+            _usage_error(f"{command}: unknown option {arg!r} (options: {options}, then -- COMMAND)")
         if name in values:
-            _usage_error(f"portal: {name} given twice")
+            _usage_error(f"{command}: {name} given twice")
         if inline:
             values[name], i = inline, i + 1
         elif i + 1 < len(rest) and rest[i + 1] != "--":
             values[name], i = rest[i + 1], i + 2
         else:
-            _usage_error(f"portal: {name} needs a value")
+            _usage_error(f"{command}: {name} needs a value")
     run = rest[i + 1:] if i < len(rest) else None
     if run is not None and not run:
-        _usage_error("portal: a command is needed after '--'")
-    return Args("portal", config_dir, frozenset(), values, run)
+        _usage_error(f"{command}: a command is needed after '--'")
+    return Args(command, config_dir, frozenset(), values, run)
 
 
 def main_help() -> str:

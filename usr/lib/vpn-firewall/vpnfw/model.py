@@ -22,6 +22,8 @@ LOCKDOWN_COMMENT = "vpn-firewall lockdown"
 FENCE_TABLE = "security"
 JUDGED_BIT = 0x10000000
 JUDGED_MARK = f"0x{JUDGED_BIT:x}/0x{JUDGED_BIT:x}"
+# A packet's mark bit for what an exclusion (exclusion.py) lets out: routed around the tunnel.
+EXCLUDED_BIT = 0x08000000
 # Where the fence sends a judged packet: the bit is cleared before the packet goes on, so
 # that rules of other tools that match a mark exactly (wg-quick's 'meta mark 0xca6c', policy
 # routing) see the packet as it was before it met us.

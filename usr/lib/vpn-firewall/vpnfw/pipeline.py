@@ -58,7 +58,9 @@ def compile_config(config_dir: str, tell=None) -> Compiled:
         told("raw", warning)
     if not pinned.vpn_servers:
         told("warning", no_server_reachable(settings, config_dir))
-    return Compiled(policy.build(pinned, user_rules, read_session()), settings,
+    from .exclusion import read_sessions
+
+    return Compiled(policy.build(pinned, user_rules, read_session(), read_sessions()), settings,
                     tuple(sorted(config.variables.resolving)), tuple(said), len(pinned.vpn_servers))
 
 

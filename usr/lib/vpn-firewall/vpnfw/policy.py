@@ -269,7 +269,7 @@ def _judged(family, chain):
     return _rule(family, chain, (), (), "MARK", (("--set-xmark", JUDGED_MARK),))
 
 
-def fence(family, tunnels, inside, fast_in=None, fast_out=None):
+def fence(family, tunnels, inside, fast_in=None, fast_out=None, excluded=()):
     """The fence's chains (see model.FENCE_TABLE): a packet that our filter chain did not
     judge, because another tool accepted it first, passes only when it stays on loopback, in
     the tunnel or on a trusted internal interface; anything else is dropped, there being no
@@ -277,12 +277,13 @@ def fence(family, tunnels, inside, fast_in=None, fast_out=None):
     with the judging bit cleared (goto JUDGED, which ends where the built-in chain goes on).
     fast_in, fast_out: None when the user's rules come first in the filter chain; else our
     chain accepts some packets before it marks them (the tunnel's, and the approved server
-    flows' that these rules of server_flows name), and the fence lets the same ones by first."""
+    flows' that these rules of server_flows name), and the fence lets the same ones by first.
+    excluded: the fence's rules of exclusion sessions (exclusion.py), first in OUTPUT."""
     judged = (("mark", ((False, "--mark", JUDGED_MARK),)),)
 
-    def chain(name, flag, headers, fast):
+    def chain(name, flag, headers, fast, before=()):
         first = [] if fast is None else [(_h(flag, i),) for i in tunnels]
-        out = [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in first]
+        out = list(before) + [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in first]
         # a flow's first packet is judged and approved at once: its judging bit is cleared first
         out += [Rule(family, FENCE_TABLE, name, (), judged, our_chain(JUDGED_CHAIN), goto=True)]
         out += list(fast or ())
@@ -294,12 +295,13 @@ def fence(family, tunnels, inside, fast_in=None, fast_out=None):
         + chain("INPUT", "-i", [(_h("-i", i),) for i in ("lo", *tunnels, *inside)], fast_in)
         + chain("FORWARD", None, [(_h("-i", g), _h("-o", t)) for g in inside for t in tunnels]
                 + [(_h("-o", g),) for g in inside], None)
-        + chain("OUTPUT", "-o", [(_h("-o", i),) for i in ("lo", *tunnels, *inside)], fast_out)
+        + chain("OUTPUT", "-o", [(_h("-o", i),) for i in ("lo", *tunnels, *inside)], fast_out, excluded)
     )
 
 
-def output_chain(family, settings, user, endpoints, portal=None):
-    """endpoints: _endpoint_rules of this family (build needs them for the fence too)."""
+def output_chain(family, settings, user, endpoints, portal=None, excluded=()):
+    """endpoints: _endpoint_rules of this family (build needs them for the fence too);
+    excluded: the filter rules of exclusion sessions (exclusion.py)."""
     tunnel_first, into_tunnel, approved_first = [], [], []
     if not user:
         # Nothing of the user's decides before the tunnel: its packets, most of the traffic,
@@ -311,7 +313,10 @@ def output_chain(family, settings, user, endpoints, portal=None):
         # then the flows the server list approved (server_flows.py): only accepts stand
         # before them, so they may go before the judging mark; the fence knows them too
         approved_first = server_flows.fast_rules(family, endpoints, _owner_matches(settings))
-    rules = tunnel_first + approved_first + [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
+    # What an exclusion marked comes first: its root asked for it, and mangle's reroute around
+    # the tunnel is not seen by -o in OUTPUT (the hook's device is the one routed before), so
+    # to every rule below it would look like the tunnel's (and get the tunnel-flow bit).
+    rules = list(excluded) + tunnel_first + approved_first + [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
     if not tunnel_first:
         rules += _tunnel_flows(family, "OUTPUT", settings)
     rules += user
@@ -416,9 +421,12 @@ def _gateway_nat(family, settings):
             for tunnel in settings.vpn_interfaces]
 
 
-def build(settings, user_rules, portal=None) -> dict:
+def build(settings, user_rules, portal=None, exclusions=()) -> dict:
     """family -> the complete list of rules of that family, in chain order; portal: an open
-    portal session (see portal.py), whose allowance goes into OUTPUT."""
+    portal session (see portal.py), whose allowance goes into OUTPUT; exclusions: the live
+    exclusion sessions (see exclusion.py)."""
+    from .exclusion import rules as exclusion_rules
+
     ruleset = {}
     for family in V.FAMILIES:
         mine = [r for r in user_rules if r.family == family]
@@ -430,13 +438,17 @@ def build(settings, user_rules, portal=None) -> dict:
         endpoints = _endpoint_rules(family, settings)
         fast_in = None if user_input else server_flows.reply_rules(family, endpoints, target="RETURN")
         fast_out = None if user_output else server_flows.fence_rules(family, endpoints, _owner_matches(settings))
+        excluded = exclusion_rules(family, exclusions) if exclusions else []
         ruleset[family] = (
             input_chain(family, settings, user_input, endpoints)
             + forward_chain(family, settings, by_chain.get("FORWARD", []))
-            + output_chain(family, settings, user_output, endpoints, portal)
+            + output_chain(family, settings, user_output, endpoints, portal,
+                           [r for r in excluded if r.table == "filter"])
             + [r for r in mine if r.table != "filter" or r.chain not in BUILTIN_CHAINS["filter"]]  # user chains
             + _gateway_nat(family, settings)
-            + fence(family, settings.vpn_interfaces, settings.gateway_interfaces, fast_in, fast_out)
+            + [r for r in excluded if r.table not in ("filter", FENCE_TABLE)]
+            + fence(family, settings.vpn_interfaces, settings.gateway_interfaces, fast_in, fast_out,
+                    [r for r in excluded if r.table == FENCE_TABLE])
         )
     return ruleset
 

@@ -27,10 +27,11 @@ def cgroup2_mount() -> str:
                       "the portal needs it to let only your command out")
 
 
-def make_cgroup(session_id: str):
-    """(path in the hierarchy, directory) of a new cgroup for the session."""
+def make_cgroup(session_id: str, parent_name: str = CGROUP_PARENT):
+    """(path in the hierarchy, directory) of a new cgroup for the session, under parent_name
+    (the portal's, or the exclusions')."""
     root = cgroup2_mount()
-    parent = os.path.join(root, CGROUP_PARENT)
+    parent = os.path.join(root, parent_name)
     os.makedirs(parent, exist_ok=True)
     for name in os.listdir(parent):  # what killed sessions left: empty ones go
         if _alive(name.split("-")[0]):  # a session starting beside this one: its cgroup is empty until its command enters
@@ -39,7 +40,7 @@ def make_cgroup(session_id: str):
             os.rmdir(os.path.join(parent, name))
         except OSError:
             pass
-    relative = f"{CGROUP_PARENT}/{session_id}"
+    relative = f"{parent_name}/{session_id}"
     os.mkdir(os.path.join(root, relative))
     return relative, os.path.join(root, relative)
 
@@ -63,7 +64,7 @@ def remove_cgroup(directory: str) -> None:
 
 
 # -- the run ------------------------------------------------------------------------------
-def run_command(command, cgroup_dir, say) -> int:
+def run_command(command, cgroup_dir, say, what="portal") -> int:
     """Start the command in the cgroup, as the user who ran sudo; its pid."""
     import signal
 
@@ -85,7 +86,7 @@ def run_command(command, cgroup_dir, say) -> int:
                 os.environ.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
             os.execvp(command[0], command)
         except OSError as e:
-            os.write(2, f"vpn-firewall: error: portal: cannot run {command[0]}: {e.strerror}\n".encode())
+            os.write(2, f"vpn-firewall: error: {what}: cannot run {command[0]}: {e.strerror}\n".encode())
             os._exit(127)
         os._exit(127)
     return pid
