@@ -52,13 +52,16 @@ def _port(text: str) -> bool:
 
 
 def _alive(pid) -> bool:
+    """Whether a session's vpn-firewall process runs: not gone, not a zombie nobody reaped, and
+    not another program that got its number since."""
     try:
-        os.kill(int(pid), 0)
-    except (ValueError, TypeError, ProcessLookupError):
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError, TypeError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rsplit(b")", 1)[-1].split()[0] != b"Z" and b"exclude" in cmdline
 
 
 def _cgroup_busy(cgroup: str) -> bool:

@@ -14,9 +14,15 @@ from .portal_run import journal, make_cgroup, remove_cgroup, run_command
 SYNC_SECONDS = 1.0  # the routes around the tunnel follow the main table this often
 
 
+def shown(command) -> str:
+    """A command on one line, each long argument cut short (a script given with -c)."""
+    words = [" ".join(arg.split()) for arg in command]
+    return " ".join(w if len(w) <= 60 else w[:57] + "..." for w in words)
+
+
 def _describe(command, dns, ports) -> str:
     what = "everything" if not ports else "ports " + ", ".join(f"{spec.replace(':', '-')}/{p}" for p, spec in ports)
-    return (f"{' '.join(command)} and its children EXCLUDED from the tunnel: {what} by the physical interfaces"
+    return (f"{shown(command)} and its children EXCLUDED from the tunnel: {what} by the physical interfaces"
             f"{', DNS to ' + ', '.join(dns) if dns else ', DNS as everyone (no resolver of the network found)'}")
 
 
@@ -68,7 +74,7 @@ def session(command, dns, ports, tunnels, reload, say) -> int:
                 pass
         raise
     finally:
-        message = f"exclusion ended ({reason}): {' '.join(command)}"
+        message = f"exclusion ended ({reason}): {shown(command)}"
         if not _end(session_id, cgroup_dir, reload):
             message += "; the reload failed: its rules stay until the next load (they match only its cgroup)"
         say("warning", message)

@@ -61,14 +61,22 @@ def rule_line(rule) -> str:
 
 
 def tables_used(rules, state: dict) -> list:
-    """filter and the fence always; another table when rules use it or our chains from an earlier
-    load are there."""
+    """filter and the fence always; another table when rules use it (one that only an earlier
+    load used is emptied of ours: see _table_left)."""
     tables = ["filter", FENCE_TABLE]
     used = {r.table for r in rules}
-    for table in OUR_TABLES:
-        if table not in tables and (table in used or state.get(table, NOTHING).chains):
-            tables.append(table)
-    return tables
+    return tables + [t for t in OUR_TABLES if t not in tables and t in used]
+
+
+def _table_left(table: str, ts) -> list:
+    """The restore lines that take our jumps and chains out of a table no rule uses any more
+    (an exclusion's mangle and nat once it ended): nothing of ours is left behind in it."""
+    lines = [f"*{table}"]
+    for c in OUR_TABLES[table]:
+        lines += [f"-D {c} -j {our_chain(c)}"] * ts.jumps.get(c, 0)
+    ours = sorted(ts.chains)
+    lines += [f":{c} - [0:0]" for c in ours]  # all emptied first: ours jump to each other
+    return lines + [f"-X {c}" for c in ours] + ["COMMIT"]
 
 
 def chains_of(table: str, rules, state: dict) -> list:
@@ -144,6 +152,10 @@ def restore_input(rules, state: dict, lines=None, only=None) -> str:
         lines += [line for r, line in printed if r.table == table]
         lines += [f"-X {c}" for c in stale]  # no longer jumped to: our chains were flushed above
         lines.append("COMMIT")
+    used = tables_used(rules, state)
+    for table, ts in state.items():
+        if table in OUR_TABLES and table not in used and ts.chains and (only is None or table in only):
+            lines += _table_left(table, ts)
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,19 @@ def blocked(dump) -> tuple:
     return per_chain, per_rule
 
 
+def excluded_packets(dump) -> dict:
+    """session id -> packets its accept rule let out (exclusion.py names each by a comment)."""
+    from .exclusion import COMMENT
+
+    rules = dump.tables.get("filter", ({}, {}))[1]
+    chain = our_chain("OUTPUT")
+    found = {}
+    for line, (packets, _) in zip(rules.get(chain, []), dump.counters.get(("filter", chain), [])):
+        if f'--comment "{COMMENT} ' in line:
+            found[line.split(f'--comment "{COMMENT} ', 1)[1].split('"', 1)[0]] = packets
+    return found
+
+
 def recent_blocked(limit: int = 10):
     """The latest 'vpn-firewall blocked' kernel log lines, parsed; None when no log is readable."""
     import subprocess
@@ -80,6 +93,7 @@ def gather(config_dir: str, compile_config) -> dict:
         compiled = None
         facts["config"].update(valid=False, error=str(e))
     code = IN_SYNC
+    counted = {}  # exclusion session -> packets it sent outside the tunnel, both families
     facts["config"]["warnings"] = [text for kind, text in compiled.said] if compiled else []
     facts["vpn_servers_reachable"] = compiled.servers if compiled else None
     if compiled is not None and not compiled.servers:
@@ -105,6 +119,8 @@ def gather(config_dir: str, compile_config) -> dict:
         if entry["state"] == "lockdown" or not entry["in_sync"]:
             code = max(code, DIFFERENT)
         per_chain, per_rule = blocked(dump)
+        for session_id, packets in excluded_packets(dump).items():
+            counted[session_id] = counted.get(session_id, 0) + packets
         entry["blocked"] = per_chain
         entry["blocked_rules"] = [{"chain": c, "rule": r, "packets": p} for c, r, p in per_rule]
     patterns = list(compiled.settings.vpn_interfaces) if compiled else ["tun+", "wg+"]
@@ -120,6 +136,11 @@ def gather(config_dir: str, compile_config) -> dict:
     from .portal import read_session
 
     facts["portal"] = read_session()
+    from .exclusion import read_sessions
+
+    facts["exclusions"] = [{"command": x["command"], "pid": x["pid"], "dns": x["dns"], "ports": x["ports"],
+                            "started": x.get("started"), "packets": counted.get(x["id"], 0)}
+                           for x in read_sessions()]
     facts["exit"] = code
     return facts
 
@@ -177,6 +198,13 @@ def show(facts) -> None:
         until = time.strftime("%H:%M:%S", time.localtime(portal["until"]))
         print(f"portal OPEN for {' '.join(portal['command'])} and its children (pid {portal['pid']}): tcp 80, 443"
               f"{' and DNS to ' + ', '.join(portal['dns']) if portal['dns'] else ''} until {until}")
+    for x in facts["exclusions"]:
+        what = "everything" if not x["ports"] else "ports " + ", ".join(f"{spec.replace(':', '-')}/{p}"
+                                                                         for p, spec in x["ports"])
+        from .exclusion_run import shown
+
+        print(f"EXCLUDED from the tunnel: {shown(x['command'])} and its children (vpn-firewall pid {x['pid']}): "
+              f"{what}{', DNS to ' + ', '.join(x['dns']) if x['dns'] else ''}; {x['packets']} packets out so far")
     shown = ", ".join(f"{i['name']} ({i['state']})" for i in facts["vpn_interfaces"]) or "none present"
     print(f"vpn interfaces ({' '.join(facts['vpn_interface_patterns'])}): {shown}")
     for path in facts["paths_around"]:
