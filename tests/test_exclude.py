@@ -168,28 +168,52 @@ def test_ports_narrow_it_and_the_rest_of_it_stays_in_the_tunnel(pki):
         bed.down()
 
 
-def test_killed_the_command_stays_excluded_while_it_runs_and_a_reload_clears_what_is_left(pki):
+def test_killed_the_command_stays_excluded_while_it_runs_and_what_is_left_goes(pki):
+    """vpn-firewall exclude SIGKILLed: its command stays excluded while it runs (a reload keeps
+    it); once it has ended, the next reload forgets what is left, and so does the guard."""
     bed = T.Testbed(pki[0], pki[1], config=CONFIG)
-    run = None
-    try:
-        bed.up(vpn=False)
+    run = guard = None
+
+    def killed_session():
         run = start_repl(bed, "--dns", T.ROUTER_V4)
         assert ask(run, f"dns {T.ROUTER_V4}") == "ok"  # its command runs (the warning comes before it)
         os.kill(run.pid, signal.SIGKILL)  # vpn-firewall exclude, not its command
         run.wait()  # reaped, as its shell would
         assert ask(run, f"http {T.WEB_V4} 80") == T.CLIENT_V4, "its command runs on, excluded"
+        return run
+
+    def ends(run):
+        run.stdin.close()
+        run.stdout.read()  # to its end: the command is gone
+
+    try:
+        bed.up(vpn=False)
+        run = killed_session()
         assert loader(bed, "reload").returncode == 0
         assert ask(run, f"http {T.WEB_V4} 80") == T.CLIENT_V4, "a reload keeps a session whose command runs"
-        run.stdin.close()  # the command ends
-        deadline = time.time() + 10
-        while run.stdout.read() and time.time() < deadline:
-            time.sleep(0.05)
+        ends(run)
         assert loader(bed, "reload").returncode == 0
         assert ours_left(bed) == [], "the next load forgot it: rules, routing rule, session"
         assert bed.fetch(T.WEB_V4) == "error:ECONNREFUSED"
+        # the same with the guard, and no load after it
+        guard = subprocess.Popen(["nsenter", f"--net=/run/netns/{bed.client}", sys.executable, T.LOADER,
+                                  "--config-dir", bed.confdir, "guard"], env=bed.env, stderr=subprocess.PIPE, text=True)
+        assert "guarding the rules in force" in guard.stderr.readline()
+        run = killed_session()
+        time.sleep(1.5)
+        assert ask(run, f"http {T.WEB_V4} 80") == T.CLIENT_V4, "the guard keeps a session whose command runs"
+        ends(run)
+        deadline = time.time() + 8
+        while ours_left(bed) and time.time() < deadline:
+            time.sleep(0.1)
+        assert ours_left(bed) == [], "the guard took what was left out"
+        assert loader(bed, "status").returncode == 0, "and what is in force is the config's"
+        guard.terminate()
+        assert "ended: their rules are removed" in guard.communicate(timeout=10)[1]
     finally:
-        if run and run.poll() is None:
-            run.kill()
+        for proc in (run, guard):
+            if proc and proc.poll() is None:
+                proc.kill()
         bed.down()
 
 

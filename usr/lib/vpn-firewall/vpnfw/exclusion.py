@@ -202,3 +202,35 @@ def _marking(family, chain, session) -> list:
     else:
         out.append(Rule(family, "mangle", chain, (), (), *mark))
     return out
+
+
+# -- for the guard: a session that ended while its vpn-firewall process was gone ----------
+def recorded(ruleset) -> set:
+    """The ids of the sessions whose rules are among recorded rules (family -> Printed)."""
+    marker = f'--comment "{COMMENT} '
+    return {r.line.split(marker, 1)[1].split('"', 1)[0]
+            for rules in ruleset.values() for r in rules if r.table == "filter" and marker in r.line}
+
+
+def ended(ruleset) -> set:
+    """Sessions whose rules are recorded, but nothing of which runs any more."""
+    ids = recorded(ruleset)
+    return ids - {s["id"] for s in read_sessions()} if ids else set()
+
+
+def without(ruleset, ids) -> dict:
+    """Recorded rules without those of the sessions IDS (and without masquerade when none is
+    left): what the loads would have been without them."""
+    out = {}
+    for family, rules in ruleset.items():
+        paths = [f'"{CGROUP_PARENT}/{i}"' for i in ids]
+        jumps = [r for r in rules if r.table == "mangle" and any(p in r.line for p in paths)]
+        chains = {r.line.rsplit(" -j ", 1)[1].removeprefix("VPNFW-") for r in jumps}
+        gone = set(ids)
+        keep = [r for r in rules if r not in jumps and not (r.table == "mangle" and r.chain in chains)
+                and not any(f'--comment "{COMMENT} {i}"' in r.line for i in gone)]
+        if not recorded({family: keep}):
+            keep = [r for r in keep if not (r.table == "nat" and " -j MASQUERADE" in r.line
+                                            and f"--mark {EXCLUDED}" in r.line)]
+        out[family] = keep
+    return out

@@ -35,6 +35,7 @@ LOOK_SECONDS = 0.05  # legacy: the tables' sizes looked at this often (legacywat
 LOG_BURST, LOG_WINDOW = 10, 60.0  # at most this many repair messages a minute
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # after a failed repair: the lockdown, then retries this far apart
 RECENT = 10  # repairs kept for `status`
+EXCLUSIONS_SECONDS = 1.0  # how often the guard looks whether the exclusions in force still run
 
 
 def open_events() -> socket.socket:
@@ -182,6 +183,8 @@ class Guard:
         self.compared_at = 0.0
         self.own_commits = set()  # pids of the repair's restores: their commits are verified already
         self.touched = set()  # the families announced changes touched since the last check
+        self.excluded = False  # the recorded rules hold an exclusion's (exclusion.py)
+        self.exclusions_at = 0.0  # when to look next whether those sessions still run
 
     # -- what to guard -------------------------------------------------------------
     def _refresh_rules(self) -> None:
@@ -200,6 +203,9 @@ class Guard:
             self.rules, self.stamp = rules, stamp
             self.retry_at.clear()
             self.portal_ends = ends_of(rules)
+            from .exclusion import recorded
+
+            self.excluded = bool(recorded(rules))
 
     # -- watching ------------------------------------------------------------------
     def run(self) -> int:
@@ -251,6 +257,8 @@ class Guard:
                 break
             if self._portal_over():
                 self._end_portal()
+            if self.excluded and time.monotonic() >= self.exclusions_at:
+                self._end_exclusions()
             who, touched = drain(events) if events in ready else ([], set())
             # kept until a check: a commit's messages may come in two drains, its NEWGEN in the second
             self.touched |= touched
@@ -304,9 +312,36 @@ class Guard:
             self._refresh_rules()
         self.log("info", "the portal session's time is up: its rules are removed")
 
+    # -- an exclusion's end --------------------------------------------------------------
+    def _end_exclusions(self) -> None:
+        """The rules of exclusions nothing of which runs any more, taken out: loaded, verified
+        and recorded. The session's own process does this when it ends; this is for one whose
+        vpn-firewall process was killed."""
+        from . import exclusion
+
+        self.exclusions_at = time.monotonic() + EXCLUSIONS_SECONDS
+        with self.lock():
+            self._refresh_rules()
+            over = exclusion.ended(self.rules)
+            if not over:
+                return
+            rules = exclusion.without(self.rules, over)
+            try:
+                for family in self.families:
+                    load.load_verified(family, rules[family])
+            except LoadError as e:  # they match an empty cgroup; tried again in a while
+                self.log("warning", f"an exclusion ended; its rules could not be removed: {e}")
+                return
+            in_force.record(rules)
+            exclusion.forget_ended()
+            self._refresh_rules()
+        self.log("info", f"exclusion(s) {', '.join(sorted(over))} ended: their rules are removed")
+
     def _timeout(self, events):
         ends = self.portal_ends
         waits = [] if events else [LOOK_SECONDS if self.watcher else POLL_SECONDS]
+        if self.excluded:
+            waits.append(max(0.0, self.exclusions_at - time.monotonic()))
         if ends is not None and ends != self.portal_failed:
             waits.append(max(0.0, ends - time.time()))
         if self.retry_at:
