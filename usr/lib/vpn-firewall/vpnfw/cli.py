@@ -96,6 +96,10 @@ def cmd_start(args) -> int:
             from .exclusion import forget_ended as forget_ended_exclusions
 
             forget_ended_exclusions()  # sessions whose command and process are gone: no rules now
+        from .routing import keep, marks_in
+
+        if marks_in(prepared[0].ruleset) or os.path.exists(in_run_dir("routed")):
+            keep(prepared[0].ruleset, args.config_dir, say)
         cached = prepared[0].from_cache
         say("info", f"rules loaded and verified ({', '.join(load.families())})"
                     + ("; the config is unchanged since it was compiled last (cache)" if cached else ""))
@@ -229,7 +233,9 @@ def cmd_guard(args) -> int:
             return {f: ruleset[f] for f in fams}
         return None
 
-    return Guard(say, RulesLock, adopt).run()
+    from .routing import tunnels_of
+
+    return Guard(say, RulesLock, adopt, lambda: tunnels_of(args.config_dir)).run()
 
 
 def cmd_unload(args) -> int:

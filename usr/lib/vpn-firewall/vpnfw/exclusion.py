@@ -153,23 +153,21 @@ def forget_ended() -> list:
                     pass
         return [s for s in sessions if s["id"] not in gone]
 
-    if not _update(keep_live):
-        from .routing import remove
-
-        remove()  # no exclusion runs: no routes around the tunnel either
+    _update(keep_live)  # the routes: the load after it settles them (routing.keep)
     return gone
 
 
 def _comment(session) -> tuple:
-    return ("comment", ((False, "--comment", f"{COMMENT} {session['id']}"),))
+    return ("comment", ((False, "--comment", session.get("comment") or f"{COMMENT} {session['id']}"),))
 
 
 def rules(family: str, sessions) -> list:
     """Every live session's rules of this family: the marking chain in mangle, the accept
-    in filter OUTPUT and its pass in the fence (the caller places both), masquerade in nat."""
+    in filter OUTPUT and its pass in the fence (the caller places both), masquerade in nat.
+    A session may name its own chain and comment ($BYPASS_UNITS' units do: bypass.py)."""
     out = []
     for index, session in enumerate(sessions, 1):
-        chain = f"EXCLUDE-{index}"
+        chain = session.get("chain") or f"EXCLUDE-{index}"
         cgroup = ("cgroup", ((False, "--path", session["cgroup"]),))
         out.append(Rule(family, "mangle", "OUTPUT", (), (cgroup,), our_chain(chain)))
         out += _marking(family, chain, session)
@@ -229,7 +227,7 @@ def without(ruleset, ids) -> dict:
         gone = set(ids)
         keep = [r for r in rules if r not in jumps and not (r.table == "mangle" and r.chain in chains)
                 and not any(f'--comment "{COMMENT} {i}"' in r.line for i in gone)]
-        if not recorded({family: keep}):
+        if not any(r.table == "filter" and f"--mark {EXCLUDED}" in r.line for r in keep):
             keep = [r for r in keep if not (r.table == "nat" and " -j MASQUERADE" in r.line
                                             and f"--mark {EXCLUDED}" in r.line)]
         out[family] = keep

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from . import exclusion, routing
+from . import exclusion, in_force, routing
 from .portal import PortalError
 from .portal_run import journal, make_cgroup, remove_cgroup, run_command
 
@@ -41,12 +41,12 @@ def session(command, dns, ports, tunnels, reload, say) -> int:
     try:
         routing.sync(tunnels)
     except routing.RoutingError as e:
-        _end(session_id, cgroup_dir, reload=None)
+        _end(session_id, cgroup_dir, None, tunnels)
         say("error", f"exclude: {e}; nothing was opened")
         return 1
     code = reload()
     if code != 0:
-        _end(session_id, cgroup_dir, reload=None)
+        _end(session_id, cgroup_dir, None, tunnels)
         say("error", "exclude: could not load the exclusion's rules; nothing was opened")
         return code
     opened = _describe(command, dns, ports)
@@ -75,7 +75,7 @@ def session(command, dns, ports, tunnels, reload, say) -> int:
         raise
     finally:
         message = f"exclusion ended ({reason}): {shown(command)}"
-        if not _end(session_id, cgroup_dir, reload):
+        if not _end(session_id, cgroup_dir, reload, tunnels):
             message += "; the reload failed: its rules stay until the next load (they match only its cgroup)"
         say("warning", message)
         journal(message)
@@ -114,12 +114,14 @@ def _busy(cgroup_dir) -> bool:
         return False
 
 
-def _end(session_id, cgroup_dir, reload) -> bool:
+def _end(session_id, cgroup_dir, reload, tunnels) -> bool:
     """The session forgotten, its rules out (reload), the routes too when it was the last;
     whether the reload worked."""
     exclusion.end_session(session_id)
     ok = reload is None or reload() == 0
-    if not exclusion.read_sessions():
-        routing.remove()
+    try:  # routes stay while the rules in force mark packets (another exclusion, a bypass unit)
+        routing.settle(in_force.read() or {}, tunnels)
+    except routing.RoutingError:
+        pass
     remove_cgroup(cgroup_dir)
     return ok

@@ -164,9 +164,11 @@ def stop_running(say, timeout: float = 10.0) -> None:
 
 
 class Guard:
-    def __init__(self, say, lock, adopt):
+    def __init__(self, say, lock, adopt, tunnels=None):
         """lock(): the rules lock as a context manager; adopt(): a ruleset to guard when none
-        was recorded (the config's, if the kernel holds exactly it), or None."""
+        was recorded (the config's, if the kernel holds exactly it), or None; tunnels(): the
+        config's $VPN_INTERFACES, for the routes around the tunnel (routing.py)."""
+        self.tunnels = tunnels
         self.log = LogLimit(say)
         self.say, self.lock, self.adopt = say, lock, adopt
         self.families = load.families()
@@ -183,8 +185,8 @@ class Guard:
         self.compared_at = 0.0
         self.own_commits = set()  # pids of the repair's restores: their commits are verified already
         self.touched = set()  # the families announced changes touched since the last check
-        self.excluded = False  # the recorded rules hold an exclusion's (exclusion.py)
-        self.exclusions_at = 0.0  # when to look next whether those sessions still run
+        self.excluded = False  # the recorded rules mark packets around the tunnel (exclusion.py, bypass.py)
+        self.exclusions_at = 0.0  # when to look next whether those sessions still run, and at the routes
 
     # -- what to guard -------------------------------------------------------------
     def _refresh_rules(self) -> None:
@@ -203,9 +205,9 @@ class Guard:
             self.rules, self.stamp = rules, stamp
             self.retry_at.clear()
             self.portal_ends = ends_of(rules)
-            from .exclusion import recorded
+            from .routing import marks_in
 
-            self.excluded = bool(recorded(rules))
+            self.excluded = marks_in(rules)
 
     # -- watching ------------------------------------------------------------------
     def run(self) -> int:
@@ -317,13 +319,14 @@ class Guard:
         """The rules of exclusions nothing of which runs any more, taken out: loaded, verified
         and recorded. The session's own process does this when it ends; this is for one whose
         vpn-firewall process was killed."""
-        from . import exclusion
+        from . import exclusion, routing
 
         self.exclusions_at = time.monotonic() + EXCLUSIONS_SECONDS
         with self.lock():
             self._refresh_rules()
             over = exclusion.ended(self.rules)
             if not over:
+                self._routes(routing)
                 return
             rules = exclusion.without(self.rules, over)
             try:
@@ -335,7 +338,17 @@ class Guard:
             in_force.record(rules)
             exclusion.forget_ended()
             self._refresh_rules()
+            self._routes(routing)
         self.log("info", f"exclusion(s) {', '.join(sorted(over))} ended: their rules are removed")
+
+    def _routes(self, routing) -> None:
+        """The routes around the tunnel kept in step with the main table (a new gateway)."""
+        if self.tunnels is None:
+            return
+        try:
+            routing.settle(self.rules, self.tunnels())
+        except Exception as e:  # noqa: BLE001  no `ip`, a config unreadable now
+            self.log("warning", f"the routes around the tunnel are not updated: {e}")
 
     def _timeout(self, events):
         ends = self.portal_ends

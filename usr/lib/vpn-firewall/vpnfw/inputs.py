@@ -83,6 +83,13 @@ def listing(directory: str) -> list:
     return names
 
 
+def is_dir(path: str) -> bool:
+    """Whether a directory is there now (a unit's cgroup: $BYPASS_UNITS)."""
+    there = os.path.isdir(path)
+    _note(("dir", path, there))
+    return there
+
+
 def glob(pattern: str) -> list:
     import glob as globbing  # only when a config asks for a pattern
 
@@ -121,6 +128,8 @@ def same(entry) -> bool:
             return (st.st_uid, st.st_mode) == entry[2]
         if kind == "listing":
             return sorted(os.listdir(entry[1])) == entry[2]
+        if kind == "dir":
+            return os.path.isdir(entry[1]) == entry[2]
         if kind == "glob":
             import glob as globbing
 

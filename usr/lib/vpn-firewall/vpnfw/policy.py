@@ -425,7 +425,10 @@ def build(settings, user_rules, portal=None, exclusions=()) -> dict:
     """family -> the complete list of rules of that family, in chain order; portal: an open
     portal session (see portal.py), whose allowance goes into OUTPUT; exclusions: the live
     exclusion sessions (see exclusion.py)."""
+    from .bypass import sessions as bypass_sessions
     from .exclusion import rules as exclusion_rules
+
+    exclusions = list(exclusions) + bypass_sessions(settings)
 
     ruleset = {}
     for family in V.FAMILIES:

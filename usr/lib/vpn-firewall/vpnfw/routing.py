@@ -10,7 +10,7 @@ The table follows the main table while exclusions run (sync, once a second). Use
 (iproute2): the one runtime dependency besides python3 and iptables, for this alone.
 """
 
-import subprocess
+import os
 
 from .model import EXCLUDED_BIT
 
@@ -25,6 +25,8 @@ class RoutingError(Exception):
 
 
 def _ip(*args, check=True) -> str:
+    import subprocess  # not on a start's path that needs no routes (it imports re)
+
     try:
         out = subprocess.run(["ip", *args], capture_output=True, text=True)
     except FileNotFoundError:
@@ -74,8 +76,19 @@ def wanted(family: str, tunnels) -> list:
             if not _by_tunnel(r, tunnels)]
 
 
+def _marker() -> str:
+    from .state import in_run_dir
+
+    return in_run_dir("routed")
+
+
 def sync(tunnels) -> None:
-    """The rule in place and the table as the main table is now, without the tunnel's routes."""
+    """The rule in place and the table as the main table is now, without the tunnel's routes
+    (a marker in /run says they are set, so that a later load takes them out)."""
+    from .state import write_atomic
+
+    if not os.path.exists(_marker()):
+        write_atomic(_marker(), b"")
     mark = f"0x{EXCLUDED_BIT:x}/0x{EXCLUDED_BIT:x}"
     for family in FAMILIES:
         if not _ip(family, "rule", "show", "priority", str(PRIORITY)).strip():
@@ -92,7 +105,11 @@ def sync(tunnels) -> None:
 
 
 def remove() -> None:
-    """The rule and the table gone (no exclusion runs)."""
+    """The rule and the table gone (nothing marks packets for them)."""
+    try:
+        os.unlink(_marker())
+    except FileNotFoundError:
+        pass
     for family in FAMILIES:
         try:
             for _ in range(8):  # one each time; more if killed sessions added them side by side
@@ -102,3 +119,36 @@ def remove() -> None:
             _ip(family, "route", "flush", "table", str(TABLE), check=False)
         except RoutingError:
             return
+
+
+def marks_in(ruleset) -> bool:
+    """Whether rules (family -> Rule or Printed) mark packets to go around the tunnel: an
+    exclusion's or a bypass unit's chain in mangle."""
+    return any(r.table == "mangle" and r.chain.startswith(("EXCLUDE-", "BYPASS-"))
+               for rules in ruleset.values() for r in rules)
+
+
+def tunnels_of(config_dir: str) -> tuple:
+    """$VPN_INTERFACES as the config on disk sets it (the routes by them stay out of TABLE)."""
+    from .config import read_config
+    from .settings import read_settings
+
+    return read_settings(read_config(config_dir).variables).vpn_interfaces
+
+
+def settle(ruleset, tunnels) -> None:
+    """The routes around the tunnel in step when the rules (family -> Rule or Printed) mark
+    packets for them, gone when nothing does."""
+    if marks_in(ruleset):
+        sync(tunnels)
+    else:
+        remove()
+
+
+def keep(ruleset, config_dir: str, say) -> None:
+    """settle() after a load, the tunnels as the config names them; said, never raised (the
+    rules are in force either way; marked packets without the routes go nowhere)."""
+    try:
+        settle(ruleset, tunnels_of(config_dir))
+    except Exception as e:  # noqa: BLE001  a config unreadable now, no `ip`
+        say("warning", f"the routes around the tunnel (for $BYPASS_UNITS and exclusions) are not set: {e}")

@@ -28,6 +28,7 @@ class Settings(namedtuple("Settings", [
     "gateway_masquerade",
     "gateway_masquerade6",
     "vpn_client_configs",  # of Atoms: quoted shell patterns of VPN clients' config files
+    "bypass_units",  # of unit names or cgroup paths whose processes may leave outside the tunnel
 ])):
     __slots__ = ()
 
@@ -71,6 +72,7 @@ SCHEMA = {
     "GATEWAY_MASQUERADE": ("gateway_masquerade", _bool, None, True),
     "GATEWAY_MASQUERADE6": ("gateway_masquerade6", _bool, None, False),
     "VPN_CLIENT_CONFIGS": ("vpn_client_configs", _list, lambda atom: atom, ()),
+    "BYPASS_UNITS": ("bypass_units", _list, V.unit, ()),
 }
 
 

@@ -184,6 +184,21 @@ def interface(atom) -> str:
     return text
 
 
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|scope)$")
+
+
+def unit(atom) -> str:
+    """A systemd unit for $BYPASS_UNITS: a system unit's name (backup.service), or a unit's
+    cgroup path under the hierarchy's root (user.slice/.../app.slice/x.service)."""
+    text = atom.text
+    parts = text.split("/")
+    if not _UNIT_NAME.match(parts[-1]) or any(p in ("", ".", "..") for p in parts) or len(text) > 200:
+        raise ConfigError(atom.pos, f"expected a systemd unit such as backup.service (a service or scope), or "
+                                    f"its cgroup path such as user.slice/user-1000.slice/user@1000.service/"
+                                    f"app.slice/sync.service, got {text!r}")
+    return text
+
+
 def protocol(atom) -> str:
     name = PROTOCOLS.get(atom.text.lower())
     if name is None:
