@@ -29,7 +29,7 @@ $(BUILD)/man/%: man/%.rst
 
 install: man
 	install -d $(DESTDIR)/usr/lib/vpn-firewall/vpnfw $(DESTDIR)/usr/sbin \
-	    $(DESTDIR)/etc/vpn-firewall $(DESTDIR)/lib/systemd/system \
+	    $(DESTDIR)/etc/vpn-firewall $(DESTDIR)/lib/systemd/system $(DESTDIR)/lib/systemd/system-generators \
 	    $(DESTDIR)/usr/share/bash-completion/completions
 	install -m 0755 usr/lib/vpn-firewall/vpn-firewall $(DESTDIR)/usr/lib/vpn-firewall/
 	install -m 0644 usr/lib/vpn-firewall/vpnfw/*.py $(DESTDIR)/usr/lib/vpn-firewall/vpnfw/
@@ -41,6 +41,8 @@ install: man
 	    lib/systemd/system/vpn-firewall-refresh.service \
 	    lib/systemd/system/vpn-firewall-refresh.timer lib/systemd/system/vpn-firewall-client-configs.path \
 	    lib/systemd/system/vpn-firewall-client-configs.service $(DESTDIR)/lib/systemd/system/
+	install -m 0755 lib/systemd/system-generators/vpn-firewall-bypass-generator \
+	    $(DESTDIR)/lib/systemd/system-generators/
 	install -m 0644 usr/share/bash-completion/completions/vpn-firewall \
 	    $(DESTDIR)/usr/share/bash-completion/completions/
 

@@ -114,6 +114,13 @@ if [ "$(cat /root/scenario)" = upgrade ]; then
     python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b"x", ("192.0.2.2", 9)) for _ in range(5)]'
     sleep 0.5
 fi
+if [ "$(cat /root/scenario)" = bypass ]; then
+    # $BYPASS_UNITS (test_bypass.py): the probe units ran at boot; a bystander tries the same
+    python3 /root/send5.py bystander > $R/bystander 2>&1
+    systemctl cat bypass-probe.service > $R/bypass-drop-in 2>&1
+    journalctl -b -u bypass-probe.service -u other-probe.service --no-pager -o cat >> $R/journal 2>&1
+    sleep 0.5
+fi
 case "$(cat /root/scenario)" in
 nm*) sh /root/guest-nm.sh ;;  # NetworkManager's OpenVPN (test_networkmanager.py)
 esac
