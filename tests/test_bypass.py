@@ -72,10 +72,47 @@ def test_a_unit_outside_the_tunnel_while_its_cgroup_exists(pki):
                 os.rmdir(d)
 
 
+def send_from(bed, cgroup_dir, addr, port) -> str:
+    """A datagram to ADDR:PORT from a process that enters CGROUP_DIR (None: stays where it is)."""
+    enter = f"echo $$ > {cgroup_dir}/cgroup.procs && " if cgroup_dir else ""
+    send = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"print(s.sendto(b'x', ('{addr}', {port})))")
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{bed.client}", "sh", "-c",
+                          f'{enter}exec {sys.executable} -c "{send}"'], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+
+
+def test_only_the_vpn_units_processes_reach_the_servers(pki):
+    from vpnfw.portal_run import cgroup2_mount
+
+    top = f"vpnfw-test-{uuid.uuid4().hex[:8]}.slice"
+    unit = f"{top}/vpn.service"
+    cgroup_dir = os.path.join(cgroup2_mount(), unit)
+    bed = T.Testbed(pki[0], pki[1], config=CONFIG + f"@def $VPN_UNITS = ({unit});\n")
+    try:
+        bed.up(vpn=False)
+        os.makedirs(cgroup_dir)
+        assert send_from(bed, cgroup_dir, T.ROUTER_V4, T.VPN_PORT).startswith("PermissionError"), \
+            "not running at the last load: no one reaches the servers"
+        assert loader(bed, "reload").returncode == 0  # what the unit's drop-in does before it starts
+        assert send_from(bed, cgroup_dir, T.ROUTER_V4, T.VPN_PORT) == "1", "the VPN unit's process reaches its server"
+        assert send_from(bed, None, T.ROUTER_V4, T.VPN_PORT).startswith("PermissionError"), \
+            "another root process does not"
+        assert send_from(bed, cgroup_dir, T.WEB_V4, 80).startswith("PermissionError"), "nor elsewhere, the VPN unit"
+        assert loader(bed, "status").returncode == 0
+    finally:
+        bed.down()
+        for d in (cgroup_dir, os.path.dirname(cgroup_dir)):
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
 @pytest.mark.parametrize("text,said", [
     ("@def $BYPASS_UNITS = (backup);\n", "expected a systemd unit such as backup.service"),
     ("@def $BYPASS_UNITS = (../etc/x.service);\n", "expected a systemd unit"),
     ("@def $BYPASS_UNITS = (a//b.service);\n", "expected a systemd unit"),
+    ("@def $BYPASS_UNITS = (x@*.service);\n", "expected a systemd unit such as backup.service"),
+    ("@def $VPN_UNITS = (openvpn*.service);\n", "expected a systemd unit such as openvpn-client@*.service"),
 ])
 def test_a_bad_unit_is_an_error_with_its_place(tmp_path, text, said):
     from conftest import run_loader, write_config
@@ -91,22 +128,23 @@ After=network.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/usr/bin/python3 /root/send5.py {tag}
+ExecStart=/usr/bin/python3 /root/send5.py {tag} {to}
 [Install]
 WantedBy=multi-user.target
 """
 SEND5 = """import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+to = (sys.argv[2], int(sys.argv[3])) if len(sys.argv) > 2 else ("192.0.2.2", 9)
 for _ in range(5):
     try:
-        s.sendto(sys.argv[1].encode() + b"-payload", ("192.0.2.2", 9))
+        s.sendto(sys.argv[1].encode() + b"-payload", to)
     except OSError as e:
         print("refused:", e)
 """
 ROUTE_UNIT = """[Unit]
 Description=a way out on the cable, before the probes
 After=network.target
-Before=bypass-probe.service other-probe.service
+Before=bypass-probe.service other-probe.service vpn-probe.service
 [Service]
 Type=oneshot
 RemainAfterExit=yes
@@ -116,24 +154,29 @@ WantedBy=multi-user.target
 """
 
 
-def test_a_bypass_unit_gets_out_from_boot_and_nothing_else_does(tmp_path, base):
+def test_a_bypass_unit_gets_out_from_boot_and_only_the_vpn_unit_reaches_its_server(tmp_path, base):
     from test_boot import CONFIGURED, boot
 
-    files = {"/etc/systemd/system/bypass-probe.service": PROBE_UNIT.format(tag="bypass"),
-             "/etc/systemd/system/other-probe.service": PROBE_UNIT.format(tag="other"),
+    files = {"/etc/systemd/system/bypass-probe.service": PROBE_UNIT.format(tag="bypass", to=""),
+             "/etc/systemd/system/other-probe.service": PROBE_UNIT.format(tag="other", to=""),
+             # the VPN client, to its server: the only one that may reach it ($VPN_UNITS)
+             "/etc/systemd/system/vpn-probe.service": PROBE_UNIT.format(tag="vpn", to="198.51.100.7 1194"),
              "/etc/systemd/system/way-out.service": ROUTE_UNIT, "/root/send5.py": SEND5}
     wants = ["ln -s /etc/systemd/system/{0} /etc/systemd/system/multi-user.target.wants/{0}".format(u)
-             for u in ("bypass-probe.service", "other-probe.service", "way-out.service")]
+             for u in ("bypass-probe.service", "other-probe.service", "vpn-probe.service", "way-out.service")]
     (tmp_path / "boot").mkdir()
     wire = tmp_path / "wire.pcap"
     results, console = boot(tmp_path / "boot", base, "bypass",
-                            CONFIGURED + "@def $BYPASS_UNITS = (bypass-probe.service);\n",
+                            CONFIGURED + "@def $BYPASS_UNITS = (bypass-probe.service);\n"
+                            "@def $VPN_UNITS = (vpn-probe.service);\n",
                             files=files, chroot=wants, capture=wire)
     frames = wire.read_bytes()
     journal = (results / "journal").read_text()
     assert frames.count(b"bypass-payload") == 5, ("the bypass unit's datagrams, at boot", journal, console[-2000:])
     assert frames.count(b"other-payload") == 0, "another unit's: blocked"
     assert frames.count(b"bystander-payload") == 0, "a bystander's: blocked"
+    assert frames.count(b"vpn-payload") == 5, "the VPN unit's, to its server"
+    assert frames.count(b"bystander-server-payload") == 0, "a root bystander's, to the same server: blocked"
     drop_in = (results / "bypass-drop-in").read_text()
     assert "ExecStartPre=-+/bin/systemctl reload vpn-firewall.service" in drop_in, drop_in
     shutil.rmtree(tmp_path / "boot", ignore_errors=True)

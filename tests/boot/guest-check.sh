@@ -117,6 +117,7 @@ fi
 if [ "$(cat /root/scenario)" = bypass ]; then
     # $BYPASS_UNITS (test_bypass.py): the probe units ran at boot; a bystander tries the same
     python3 /root/send5.py bystander > $R/bystander 2>&1
+    python3 /root/send5.py bystander-server 198.51.100.7 1194 >> $R/bystander 2>&1
     systemctl cat bypass-probe.service > $R/bypass-drop-in 2>&1
     journalctl -b -u bypass-probe.service -u other-probe.service --no-pager -o cat >> $R/journal 2>&1
     sleep 0.5

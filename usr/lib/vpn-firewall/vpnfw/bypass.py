@@ -42,9 +42,11 @@ def _search(root, under, unit, depth):
     return None
 
 
-def running(settings) -> list:
-    """(unit, cgroup) of each unit of $BYPASS_UNITS whose cgroup exists now."""
-    if not settings.bypass_units:
+def running(settings, units=None) -> list:
+    """(unit, cgroup) of each unit of $BYPASS_UNITS (or of UNITS) whose cgroup exists now;
+    a template's pattern (x@*.service) stands for each of its instances that runs."""
+    units = settings.bypass_units if units is None else units
+    if not units:
         return []
     from .portal import PortalError
     from .portal_run import cgroup2_mount
@@ -55,11 +57,28 @@ def running(settings) -> list:
         inputs.never()
         return []
     found = []
-    for unit in settings.bypass_units:
+    for unit in units:
+        if "@*." in unit:
+            found += _instances(root, unit)
+            continue
         cgroup = cgroup_of(unit, root)
         if cgroup is not None:
             found.append((unit, cgroup))
     return found
+
+
+def _instances(root, pattern):
+    """The running instances of a template (x@*.service): its slice's cgroups
+    (system.slice/system-x.slice/x@NAME.service, as systemd places them)."""
+    prefix, suffix = pattern.split("@*")
+    escaped = prefix.replace("-", "\\x2d")  # systemd's escape of a '-' in a slice's name
+    slice_dir = f"system.slice/system-{escaped}.slice"
+    try:
+        names = inputs.listing(os.path.join(root, slice_dir))
+    except OSError:
+        inputs.is_dir(os.path.join(root, slice_dir))  # recorded absent: the first instance changes it
+        return []
+    return [(name, f"{slice_dir}/{name}") for name in names if name.startswith(prefix + "@") and name.endswith(suffix)]
 
 
 def sessions(settings) -> list:

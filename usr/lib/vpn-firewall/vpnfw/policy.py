@@ -81,10 +81,17 @@ def _ports(proto, sport, dport):
 def _owner_matches(settings) -> list:
     """Who may reach the servers: each of these users' and groups' sockets, and packets with
     the tunnel's fwmark (kernel WireGuard's socket has no owner; only root sets a mark); the
-    mark is compared without the fence's bit, which our first rule has set already. [()]: anyone."""
+    mark is compared without the fence's bit, which our first rule has set already; the
+    cgroups of the units of $VPN_UNITS that run (bypass.py). [()]: anyone; []: no one."""
     owners = [("owner", ((False, "--uid-owner", uid),)) for uid in settings.vpn_users]
     owners += [("owner", ((False, "--gid-owner", gid),)) for gid in settings.vpn_groups]
-    if owners and settings.vpn_fwmark is not None:
+    if settings.vpn_units:
+        from .bypass import running
+
+        owners += [("cgroup", ((False, "--path", cgroup),)) for _unit, cgroup in running(settings, settings.vpn_units)]
+        if not owners and settings.vpn_fwmark is None:
+            return []  # $VPN_UNITS and none of them runs: no program may reach the servers now
+    if (owners or settings.vpn_units) and settings.vpn_fwmark is not None:
         owners.append(("mark", ((False, "--mark", f"0x{settings.vpn_fwmark:x}/0x{0xFFFFFFFF & ~JUDGED_BIT:x}"),)))
     return [(m,) for m in owners] or [()]
 

@@ -29,6 +29,7 @@ class Settings(namedtuple("Settings", [
     "gateway_masquerade6",
     "vpn_client_configs",  # of Atoms: quoted shell patterns of VPN clients' config files
     "bypass_units",  # of unit names or cgroup paths whose processes may leave outside the tunnel
+    "vpn_units",  # of unit names, template patterns or cgroup paths: only their processes reach the servers
 ])):
     __slots__ = ()
 
@@ -73,6 +74,7 @@ SCHEMA = {
     "GATEWAY_MASQUERADE6": ("gateway_masquerade6", _bool, None, False),
     "VPN_CLIENT_CONFIGS": ("vpn_client_configs", _list, lambda atom: atom, ()),
     "BYPASS_UNITS": ("bypass_units", _list, V.unit, ()),
+    "VPN_UNITS": ("vpn_units", _list, V.unit_pattern, ()),
 }
 
 

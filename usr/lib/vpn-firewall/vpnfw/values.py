@@ -199,6 +199,21 @@ def unit(atom) -> str:
     return text
 
 
+_UNIT_PATTERN = re.compile(r"^[A-Za-z0-9:_.\\-]+@\*\.service$")
+
+
+def unit_pattern(atom) -> str:
+    """A unit for $VPN_UNITS: as $BYPASS_UNITS takes, or every instance of a template
+    (openvpn-client@*.service)."""
+    if _UNIT_PATTERN.match(atom.text):
+        return atom.text
+    try:
+        return unit(atom)
+    except ConfigError:
+        raise ConfigError(atom.pos, f"expected a systemd unit such as openvpn-client@*.service, "
+                                    f"NetworkManager.service or a unit's cgroup path, got {atom.text!r}") from None
+
+
 def protocol(atom) -> str:
     name = PROTOCOLS.get(atom.text.lower())
     if name is None:
