@@ -82,7 +82,13 @@ def _instances(root, pattern):
 
 
 def sessions(settings) -> list:
-    """The running units as exclusion.rules takes them: every packet of theirs, their DNS
-    where everyone's goes."""
+    """The running units of $BYPASS_UNITS and of the overlays' daemons (overlays.py) as
+    exclusion.rules takes them: every packet of theirs, their DNS where everyone's goes."""
+    units = list(settings.bypass_units)
+    if settings.overlays or settings.overlay_units:
+        from .overlays import units as overlay_units
+
+        units += [u for u in overlay_units(settings) if u not in units]
     return [{"id": unit, "cgroup": cgroup, "dns": [], "ports": [], "chain": f"BYPASS-{index}",
-             "comment": f"vpn-firewall bypass {unit}"} for index, (unit, cgroup) in enumerate(running(settings), 1)]
+             "comment": f"vpn-firewall bypass {unit}"}
+            for index, (unit, cgroup) in enumerate(running(settings, units), 1)]

@@ -335,6 +335,10 @@ def output_chain(family, settings, user, endpoints, portal=None, excluded=()):
     # pass a long list of servers on their way.
     if not tunnel_first:
         rules += _tunnel_rules(family, settings)
+    if settings.overlays or settings.overlay_interfaces:  # before the refusals of DNS (MagicDNS)
+        from .overlays import rules as overlay_rules
+
+        rules += overlay_rules(family, "OUTPUT", settings, lambda f, c, h: _rule(f, c, h))
     # a flow the server list accepted once is accepted here at once (server_flows.py)
     if not tunnel_first:
         rules += server_flows.fast_rules(family, endpoints, _owner_matches(settings))
@@ -372,6 +376,10 @@ def input_chain(family, settings, user, endpoints):
     rules.append(_rule(family, "INPUT", (), (("conntrack", ((False, "--ctstate", "INVALID"),)),), "DROP"))
     if settings.allow_dhcp:
         rules += _dhcp_rules(family, "INPUT", settings)
+    if settings.overlays or settings.overlay_interfaces:  # the overlay's peers, new connections too
+        from .overlays import rules as overlay_rules
+
+        rules += overlay_rules(family, "INPUT", settings, lambda f, c, h: _rule(f, c, h))
     if settings.allow_incoming_vpn:
         rules += [_rule(family, "INPUT", (_h("-i", iface),)) for iface in settings.vpn_interfaces]
     rules += [_rule(family, "INPUT", (_h("-i", iface),)) for iface in settings.gateway_interfaces]

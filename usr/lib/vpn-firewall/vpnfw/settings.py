@@ -30,6 +30,10 @@ class Settings(namedtuple("Settings", [
     "vpn_client_configs",  # of Atoms: quoted shell patterns of VPN clients' config files
     "bypass_units",  # of unit names or cgroup paths whose processes may leave outside the tunnel
     "vpn_units",  # of unit names, template patterns or cgroup paths: only their processes reach the servers
+    "overlays",  # of preset names (overlays.py)
+    "overlay_interfaces",  # the generic form: more overlay interfaces,
+    "overlay_nets",  # their address ranges ((family, net); none: any address on them),
+    "overlay_units",  # and their daemons' units (underlay outside the tunnel)
 ])):
     __slots__ = ()
 
@@ -56,6 +60,12 @@ def _optional_list(name, atoms, parse):
     return _list(name, atoms, parse) if atoms else None
 
 
+def _overlay(atom):
+    from .overlays import preset  # only when a config names one
+
+    return preset(atom)
+
+
 # name -> (field, shape, parse, default)
 SCHEMA = {
     "VPN_SERVERS": ("vpn_servers", _list, V.endpoint, ()),
@@ -75,6 +85,10 @@ SCHEMA = {
     "VPN_CLIENT_CONFIGS": ("vpn_client_configs", _list, lambda atom: atom, ()),
     "BYPASS_UNITS": ("bypass_units", _list, V.unit, ()),
     "VPN_UNITS": ("vpn_units", _list, V.unit_pattern, ()),
+    "OVERLAYS": ("overlays", _list, lambda atom: _overlay(atom), ()),
+    "OVERLAY_INTERFACES": ("overlay_interfaces", _list, V.interface, ()),
+    "OVERLAY_NETS": ("overlay_nets", _list, V.address, ()),
+    "OVERLAY_UNITS": ("overlay_units", _list, V.unit_pattern, ()),
 }
 
 
