@@ -68,7 +68,8 @@ def rules(family, chain, settings, rule) -> list:
         nets = [n for fam, n in overlay.nets if fam == family]
         for iface in overlay.interfaces:
             if nets:
-                out += [rule(family, chain, ((False, flag, iface), (False, peer, n))) for n in nets]
+                # in the order iptables-save prints them: -s/-d before -i/-o
+                out += [rule(family, chain, ((False, peer, n), (False, flag, iface))) for n in nets]
             elif not overlay.nets:  # no fixed nets: any address on it
                 out.append(rule(family, chain, ((False, flag, iface),)))
     return out
