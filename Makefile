@@ -11,7 +11,7 @@ DEMO_DEPS  := python3 iptables iproute2 openvpn openssl tcpdump util-linux
 TEST_DEPS  := $(BUILD_DEPS) $(DEMO_DEPS) ferm python3-pytest python3-pytest-xdist python3-hypothesis \
               python3-pyflakes mmdebstrap systemd-container dnsmasq-base busybox nftables stress-ng
 # without their recommends: wireguard-tools would bring a whole kernel image
-TEST_DEPS_NO_RECOMMENDS := wireguard-tools wireguard-go ocserv openconnect vpnc-scripts
+TEST_DEPS_NO_RECOMMENDS := wireguard-tools wireguard-go ocserv openconnect vpnc-scripts nebula
 BENCH_DEPS := $(DEMO_DEPS) ferm iperf3
 
 LIB_FILES := usr/lib/vpn-firewall/vpn-firewall $(wildcard usr/lib/vpn-firewall/vpnfw/*.py)
