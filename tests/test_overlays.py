@@ -175,6 +175,10 @@ def test_a_nebula_overlay_works_beside_the_kill_switch_and_nothing_else_leaves(m
             return
         assert answer == "192.168.100.2", f"over the overlay, from our overlay address: {answer}"
         assert fetch(names["ours"], "198.51.100.20").startswith("error:"), "the other node's underlay: blocked"
+        status = subprocess.run(in_ours(names["ours"], [sys.executable, T.LOADER, "--config-dir", conf, "status"]),
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert "overlay up, VPN down: everything else is blocked" in status.stdout, status.stdout
+        assert status.returncode == 0, status.stdout
         time.sleep(0.3)
         procs[0].terminate()
         procs[0].wait(timeout=10)

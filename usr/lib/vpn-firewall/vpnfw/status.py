@@ -127,6 +127,13 @@ def gather(config_dir: str, compile_config) -> dict:
     links_here = links.read_links()
     facts["vpn_interfaces"] = [{"name": n, "state": s} for n, s in vpn_interfaces(links_here, patterns)]
     facts["vpn_interface_patterns"] = patterns
+    overlay_patterns = []
+    if compiled is not None and (compiled.settings.overlays or compiled.settings.overlay_interfaces):
+        from .overlays import of
+
+        overlay_patterns = [i for o in of(compiled.settings) for i in o.interfaces]
+    facts["overlays"] = [{"name": n, "state": s} for n, s in vpn_interfaces(links_here, overlay_patterns)]
+    facts["overlay_patterns"] = overlay_patterns
     facts["paths_around"] = [{"interface": p.name, "what": p.what, "leak": p.fatal}
                              for p in links.paths_around(links_here, patterns)]
     facts["recent_blocked"] = recent_blocked()
@@ -207,6 +214,13 @@ def show(facts) -> None:
               f"{what}{', DNS to ' + ', '.join(x['dns']) if x['dns'] else ''}; {x['packets']} packets out so far")
     shown = ", ".join(f"{i['name']} ({i['state']})" for i in facts["vpn_interfaces"]) or "none present"
     print(f"vpn interfaces ({' '.join(facts['vpn_interface_patterns'])}): {shown}")
+    if facts["overlay_patterns"]:
+        # a tun device's operstate is "unknown" while it is up
+        up = [i for i in facts["overlays"] if i["state"] in ("up", "unknown")]
+        tunnel_up = any(i["state"] in ("up", "unknown") for i in facts["vpn_interfaces"])
+        shown = ", ".join(f"{i['name']} ({i['state']})" for i in facts["overlays"]) or "none present"
+        print(f"overlays ({' '.join(facts['overlay_patterns'])}): {shown}"
+              + ("; overlay up, VPN down: everything else is blocked" if up and not tunnel_up else ""))
     for path in facts["paths_around"]:
         print(f"{'LEAK' if path['leak'] else 'warning'}: around the firewall: {path['interface']}: {path['what']}")
     recent = facts["recent_blocked"]
