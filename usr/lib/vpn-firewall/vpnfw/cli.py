@@ -235,7 +235,13 @@ def cmd_guard(args) -> int:
 
     from .routing import tunnels_of
 
-    return Guard(say, RulesLock, adopt, lambda: tunnels_of(args.config_dir)).run()
+    def trust_entries():
+        from .config import read_config
+        from .settings import read_settings
+
+        return read_settings(read_config(args.config_dir).variables).trusted_lans
+
+    return Guard(say, RulesLock, adopt, lambda: tunnels_of(args.config_dir), trust_entries).run()
 
 
 def cmd_unload(args) -> int:

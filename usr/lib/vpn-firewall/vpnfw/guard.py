@@ -48,6 +48,25 @@ def open_events() -> socket.socket:
     return sock
 
 
+def _open_rtnetlink():
+    """A socket that hears of link, IPv4/IPv6 route and neighbour changes; None if it cannot."""
+    groups = 0x1 | 0x4 | 0x40 | 0x400  # RTMGRP_LINK, _NEIGH, _IPV4_ROUTE, _IPV6_ROUTE
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
+        sock.bind((0, groups))
+        return sock
+    except OSError:
+        return None
+
+
+def _drain_all(sock) -> None:
+    while True:
+        try:
+            sock.recv(65536)
+        except (BlockingIOError, OSError):
+            return
+
+
 def committers(datagram: bytes) -> list:
     """(pid, process name) of each commit (NEWGEN message) in a netlink datagram."""
     found = []
@@ -164,11 +183,13 @@ def stop_running(say, timeout: float = 10.0) -> None:
 
 
 class Guard:
-    def __init__(self, say, lock, adopt, tunnels=None):
+    def __init__(self, say, lock, adopt, tunnels=None, trust_entries=None):
         """lock(): the rules lock as a context manager; adopt(): a ruleset to guard when none
         was recorded (the config's, if the kernel holds exactly it), or None; tunnels(): the
-        config's $VPN_INTERFACES, for the routes around the tunnel (routing.py)."""
-        self.tunnels = tunnels
+        config's $VPN_INTERFACES, for the routes around the tunnel (routing.py);
+        trust_entries(): the config's $TRUSTED_LANS (trust.py)."""
+        self.tunnels, self.trust_entries = tunnels, trust_entries
+        self.trusting = False  # the recorded rules hold a trusted network's LAN allowance
         self.log = LogLimit(say)
         self.say, self.lock, self.adopt = say, lock, adopt
         self.families = load.families()
@@ -206,8 +227,10 @@ class Guard:
             self.retry_at.clear()
             self.portal_ends = ends_of(rules)
             from .routing import marks_in
+            from .trust import recorded as trusted_in
 
             self.excluded = marks_in(rules)
+            self.trusting = bool(trusted_in(rules))
 
     # -- watching ------------------------------------------------------------------
     def run(self) -> int:
@@ -245,7 +268,8 @@ class Guard:
         self._write_status(running=True)
         self.say("info", f"guarding the rules in force ({', '.join(self.families)}; {how})")
         _notify_ready()
-        watched = [wake_r] + ([events] if events else [])
+        network = _open_rtnetlink()  # a link, a route or a neighbour changed: trust looked at again
+        watched = [wake_r] + ([events] if events else []) + ([network] if network else [])
         while not self.stopping:
             ready, _, _ = select.select(watched, [], [], self._timeout(events))
             if wake_r in ready:
@@ -261,6 +285,10 @@ class Guard:
                 self._end_portal()
             if self.excluded and time.monotonic() >= self.exclusions_at:
                 self._end_exclusions()
+            if network is not None and network in ready:
+                _drain_all(network)
+            if self.trusting and (network in ready or time.monotonic() >= self.exclusions_at):
+                self._end_trust()
             who, touched = drain(events) if events in ready else ([], set())
             # kept until a check: a commit's messages may come in two drains, its NEWGEN in the second
             self.touched |= touched
@@ -341,6 +369,36 @@ class Guard:
             self._routes(routing)
         self.log("info", f"exclusion(s) {', '.join(sorted(over))} ended: their rules are removed")
 
+    # -- a trusted network left ----------------------------------------------------------
+    def _end_trust(self) -> None:
+        """The LAN allowance of an interface whose network is no longer the trusted one (another
+        gateway, the link gone), taken out at once: loaded, verified, recorded. Closing needs no
+        compile; the next reload that finds the network trusted again puts it back."""
+        from . import trust
+
+        self.exclusions_at = time.monotonic() + EXCLUSIONS_SECONDS
+        try:
+            entries = self.trust_entries() if self.trust_entries else ()
+        except Exception:  # noqa: BLE001  a config unreadable now: trust nothing
+            entries = ()
+        with self.lock():
+            self._refresh_rules()
+            gone = trust.recorded(self.rules) - set(trust.read_trusted(entries))
+            if not gone:
+                return
+            rules = trust.without(self.rules, gone)
+            try:
+                for family in self.families:
+                    load.load_verified(family, rules[family])
+            except LoadError as e:
+                self.log("warning", f"left a trusted network on {', '.join(sorted(gone))}; its LAN allowance "
+                                    f"could not be removed: {e}")
+                return
+            in_force.record(rules)
+            self._refresh_rules()
+        self.log("warning", f"the network on {', '.join(sorted(gone))} is no longer a trusted one: its LAN "
+                            "allowance is removed (a reload puts it back when it is trusted again)")
+
     def _routes(self, routing) -> None:
         """The routes around the tunnel kept in step with the main table (a new gateway)."""
         if self.tunnels is None:
@@ -353,7 +411,7 @@ class Guard:
     def _timeout(self, events):
         ends = self.portal_ends
         waits = [] if events else [LOOK_SECONDS if self.watcher else POLL_SECONDS]
-        if self.excluded:
+        if self.excluded or self.trusting:
             waits.append(max(0.0, self.exclusions_at - time.monotonic()))
         if ends is not None and ends != self.portal_failed:
             waits.append(max(0.0, ends - time.time()))

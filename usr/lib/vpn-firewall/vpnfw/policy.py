@@ -222,12 +222,27 @@ def _tunnel_flow_chain(family, settings):
 
 
 def _lan_rules(family, chain, settings):
+    """The LAN: on every network ($ALLOW_LAN), or only on the trusted ones ($TRUSTED_LANS:
+    by their interface, each rule named for it so that the guard can take it back)."""
+    if not settings.trusted_lans:
+        return _lan_on(family, chain, settings, ())
+    from .trust import COMMENT, trusted
+
+    out = []
+    for iface in trusted(settings):
+        named = (("comment", ((False, "--comment", f"{COMMENT} {iface}"),)),)
+        out += [r._replace(matches=r.matches + named)
+                for r in _lan_on(family, chain, settings, (_h("-o" if chain == "OUTPUT" else "-i", iface),))]
+    return out
+
+
+def _lan_on(family, chain, settings, on_iface):
     flag = "-d" if chain == "OUTPUT" else "-s"
     on_link = () if chain == "OUTPUT" else ON_THIS_LINK[family]
-    out = [_rule(family, chain, (_h(flag, net),), on_link) for fam, net in settings.lan_nets if fam == family]
-    out += [_rule(family, chain, (_h("-d", net),)) for net in LAN_MULTICAST[family]]
+    out = [_rule(family, chain, (_h(flag, net),) + on_iface, on_link) for fam, net in settings.lan_nets if fam == family]
+    out += [_rule(family, chain, (_h("-d", net),) + on_iface) for net in LAN_MULTICAST[family]]
     if family == V.IP:
-        out.append(_rule(family, chain, (), BROADCAST))
+        out.append(_rule(family, chain, on_iface, BROADCAST))
     return out
 
 
@@ -352,7 +367,7 @@ def output_chain(family, settings, user, endpoints, portal=None, excluded=()):
     rules += [_rule(family, "OUTPUT", (_h("-o", iface),)) for iface in settings.gateway_interfaces]
     if settings.allow_dhcp:
         rules += _dhcp_rules(family, "OUTPUT", settings)
-    if settings.allow_lan:
+    if settings.allow_lan or settings.trusted_lans:
         rules += _lan_rules(family, "OUTPUT", settings)
     if settings.log_blocked:
         rules.append(_log(family, "OUTPUT", "out"))
@@ -383,7 +398,7 @@ def input_chain(family, settings, user, endpoints):
     if settings.allow_incoming_vpn:
         rules += [_rule(family, "INPUT", (_h("-i", iface),)) for iface in settings.vpn_interfaces]
     rules += [_rule(family, "INPUT", (_h("-i", iface),)) for iface in settings.gateway_interfaces]
-    if settings.allow_lan:
+    if settings.allow_lan or settings.trusted_lans:
         rules += _lan_rules(family, "INPUT", settings)
     if settings.log_blocked:
         rules.append(_log(family, "INPUT", "in"))

@@ -34,6 +34,7 @@ class Settings(namedtuple("Settings", [
     "overlay_interfaces",  # the generic form: more overlay interfaces,
     "overlay_nets",  # their address ranges ((family, net); none: any address on them),
     "overlay_units",  # and their daemons' units (underlay outside the tunnel)
+    "trusted_lans",  # of (interface, gateway MAC or None): the LAN only on these networks (trust.py)
 ])):
     __slots__ = ()
 
@@ -66,6 +67,12 @@ def _overlay(atom):
     return preset(atom)
 
 
+def _trusted_lan(atom):
+    from .trust import entry
+
+    return entry(atom)
+
+
 # name -> (field, shape, parse, default)
 SCHEMA = {
     "VPN_SERVERS": ("vpn_servers", _list, V.endpoint, ()),
@@ -89,6 +96,7 @@ SCHEMA = {
     "OVERLAY_INTERFACES": ("overlay_interfaces", _list, V.interface, ()),
     "OVERLAY_NETS": ("overlay_nets", _list, V.address, ()),
     "OVERLAY_UNITS": ("overlay_units", _list, V.unit_pattern, ()),
+    "TRUSTED_LANS": ("trusted_lans", _list, lambda atom: _trusted_lan(atom), ()),
 }
 
 
