@@ -24,6 +24,7 @@ import time
 
 from . import differences, in_force, kernel, load, netlink, state
 from .errors import LoadError, VerifyError
+from .guard_ends import Ends
 from .render import restore_input
 
 NETLINK_NETFILTER, NFNLGRP_NFTABLES = 12, 7
@@ -35,7 +36,6 @@ LOOK_SECONDS = 0.05  # legacy: the tables' sizes looked at this often (legacywat
 LOG_BURST, LOG_WINDOW = 10, 60.0  # at most this many repair messages a minute
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # after a failed repair: the lockdown, then retries this far apart
 RECENT = 10  # repairs kept for `status`
-EXCLUSIONS_SECONDS = 1.0  # how often the guard looks whether the exclusions in force still run
 
 
 def open_events() -> socket.socket:
@@ -182,7 +182,7 @@ def stop_running(say, timeout: float = 10.0) -> None:
     say("notice", f"the guard (pid {pid}) was stopped")
 
 
-class Guard:
+class Guard(Ends):
     def __init__(self, say, lock, adopt, tunnels=None, trust_entries=None):
         """lock(): the rules lock as a context manager; adopt(): a ruleset to guard when none
         was recorded (the config's, if the kernel holds exactly it), or None; tunnels(): the
@@ -312,101 +312,6 @@ class Guard:
         """A full compare is due: the tables look different, a second has passed, or a retry."""
         return (self.watcher.fingerprint() != self.look or time.monotonic() - self.compared_at >= POLL_SECONDS
                 or self._retry_due())
-
-    # -- a portal session's end -------------------------------------------------------
-    def _portal_over(self) -> bool:
-        """The recorded rules hold a portal allowance whose time is up (inert: the kernel ended
-        it), and no repair of it is pending: it is time to take those rules out."""
-        ends = self.portal_ends
-        return ends is not None and ends <= time.time() and ends != self.portal_failed
-
-    def _end_portal(self) -> None:
-        """What the portal loaded, without its allowance: loaded, verified and recorded. The
-        session's own process does this when it ends; this is for one that was killed."""
-        from . import portal
-
-        with self.lock():
-            self._refresh_rules()
-            if not self._portal_over():
-                return
-            ends, rules = self.portal_ends, portal.without_allowance(self.rules)
-            try:
-                for family in self.families:
-                    load.load_verified(family, rules[family])
-            except LoadError as e:  # the allowance is inert all the same; tried again by the next command
-                self.portal_failed = ends
-                self.log("warning", f"the portal session's time is up; its rules could not be removed: {e}")
-                return
-            in_force.record(rules)
-            portal.forget_ended()
-            self._refresh_rules()
-        self.log("info", "the portal session's time is up: its rules are removed")
-
-    # -- an exclusion's end --------------------------------------------------------------
-    def _end_exclusions(self) -> None:
-        """The rules of exclusions nothing of which runs any more, taken out: loaded, verified
-        and recorded. The session's own process does this when it ends; this is for one whose
-        vpn-firewall process was killed."""
-        from . import exclusion, routing
-
-        self.exclusions_at = time.monotonic() + EXCLUSIONS_SECONDS
-        with self.lock():
-            self._refresh_rules()
-            over = exclusion.ended(self.rules)
-            if not over:
-                self._routes(routing)
-                return
-            rules = exclusion.without(self.rules, over)
-            try:
-                for family in self.families:
-                    load.load_verified(family, rules[family])
-            except LoadError as e:  # they match an empty cgroup; tried again in a while
-                self.log("warning", f"an exclusion ended; its rules could not be removed: {e}")
-                return
-            in_force.record(rules)
-            exclusion.forget_ended()
-            self._refresh_rules()
-            self._routes(routing)
-        self.log("info", f"exclusion(s) {', '.join(sorted(over))} ended: their rules are removed")
-
-    # -- a trusted network left ----------------------------------------------------------
-    def _end_trust(self) -> None:
-        """The LAN allowance of an interface whose network is no longer the trusted one (another
-        gateway, the link gone), taken out at once: loaded, verified, recorded. Closing needs no
-        compile; the next reload that finds the network trusted again puts it back."""
-        from . import trust
-
-        self.exclusions_at = time.monotonic() + EXCLUSIONS_SECONDS
-        try:
-            entries = self.trust_entries() if self.trust_entries else ()
-        except Exception:  # noqa: BLE001  a config unreadable now: trust nothing
-            entries = ()
-        with self.lock():
-            self._refresh_rules()
-            gone = trust.recorded(self.rules) - set(trust.read_trusted(entries))
-            if not gone:
-                return
-            rules = trust.without(self.rules, gone)
-            try:
-                for family in self.families:
-                    load.load_verified(family, rules[family])
-            except LoadError as e:
-                self.log("warning", f"left a trusted network on {', '.join(sorted(gone))}; its LAN allowance "
-                                    f"could not be removed: {e}")
-                return
-            in_force.record(rules)
-            self._refresh_rules()
-        self.log("warning", f"the network on {', '.join(sorted(gone))} is no longer a trusted one: its LAN "
-                            "allowance is removed (a reload puts it back when it is trusted again)")
-
-    def _routes(self, routing) -> None:
-        """The routes around the tunnel kept in step with the main table (a new gateway)."""
-        if self.tunnels is None:
-            return
-        try:
-            routing.settle(self.rules, self.tunnels())
-        except Exception as e:  # noqa: BLE001  no `ip`, a config unreadable now
-            self.log("warning", f"the routes around the tunnel are not updated: {e}")
 
     def _timeout(self, events):
         ends = self.portal_ends

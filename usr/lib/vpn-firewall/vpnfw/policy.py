@@ -226,14 +226,9 @@ def _lan_rules(family, chain, settings):
     by their interface, each rule named for it so that the guard can take it back)."""
     if not settings.trusted_lans:
         return _lan_on(family, chain, settings, ())
-    from .trust import COMMENT, trusted
+    from .trust import lan_rules
 
-    out = []
-    for iface in trusted(settings):
-        named = (("comment", ((False, "--comment", f"{COMMENT} {iface}"),)),)
-        out += [r._replace(matches=r.matches + named)
-                for r in _lan_on(family, chain, settings, (_h("-o" if chain == "OUTPUT" else "-i", iface),))]
-    return out
+    return lan_rules(family, chain, settings, _lan_on)
 
 
 def _lan_on(family, chain, settings, on_iface):

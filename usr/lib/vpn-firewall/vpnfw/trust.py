@@ -73,6 +73,17 @@ def trusted(settings) -> list:
     return trusted_now(settings.trusted_lans, route, arp)
 
 
+def lan_rules(family, chain, settings, lan_on) -> list:
+    """The LAN's rules on each trusted interface, each named for it (the guard's handle);
+    lan_on(family, chain, settings, interface header): the LAN's rules (policy.py)."""
+    out = []
+    for iface in trusted(settings):
+        named = (("comment", ((False, "--comment", f"{COMMENT} {iface}"),)),)
+        on_iface = ((False, "-o" if chain == "OUTPUT" else "-i", iface),)
+        out += [r._replace(matches=r.matches + named) for r in lan_on(family, chain, settings, on_iface)]
+    return out
+
+
 def read_trusted(entries) -> list:
     """trusted_now() from the files as they are (the guard's look)."""
     texts = []
