@@ -11,7 +11,8 @@ DEMO_DEPS  := python3 iptables iproute2 openvpn openssl tcpdump util-linux
 TEST_DEPS  := $(BUILD_DEPS) $(DEMO_DEPS) ferm python3-pytest python3-pytest-xdist python3-hypothesis \
               python3-pyflakes mmdebstrap systemd-container dnsmasq-base busybox nftables stress-ng
 # without their recommends: wireguard-tools would bring a whole kernel image
-TEST_DEPS_NO_RECOMMENDS := wireguard-tools wireguard-go ocserv openconnect vpnc-scripts nebula
+TEST_DEPS_NO_RECOMMENDS := wireguard-tools wireguard-go ocserv openconnect vpnc-scripts nebula \
+                           prometheus-node-exporter
 BENCH_DEPS := $(DEMO_DEPS) ferm iperf3
 
 LIB_FILES := usr/lib/vpn-firewall/vpn-firewall $(wildcard usr/lib/vpn-firewall/vpnfw/*.py)
@@ -40,7 +41,8 @@ install: man
 	install -m 0644 lib/systemd/system/vpn-firewall.service lib/systemd/system/vpn-firewall-guard.service \
 	    lib/systemd/system/vpn-firewall-refresh.service \
 	    lib/systemd/system/vpn-firewall-refresh.timer lib/systemd/system/vpn-firewall-client-configs.path \
-	    lib/systemd/system/vpn-firewall-client-configs.service $(DESTDIR)/lib/systemd/system/
+	    lib/systemd/system/vpn-firewall-client-configs.service lib/systemd/system/vpn-firewall-prometheus.service \
+	    lib/systemd/system/vpn-firewall-prometheus.timer $(DESTDIR)/lib/systemd/system/
 	install -m 0755 lib/systemd/system-generators/vpn-firewall-bypass-generator \
 	    $(DESTDIR)/lib/systemd/system-generators/
 	install -m 0644 usr/share/bash-completion/completions/vpn-firewall \
@@ -57,6 +59,8 @@ deb-deps:
 test-deps:
 	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(TEST_DEPS)"
 	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(TEST_DEPS_NO_RECOMMENDS)" APT_FLAGS=--no-install-recommends
+	@# the tests run their own exporter in a namespace; none on this machine's own network
+	@if [ -d /run/systemd/system ]; then systemctl disable --now prometheus-node-exporter.service 2>/dev/null || true; fi
 
 demo-deps:
 	@$(MAKE) --no-print-directory deb-deps BUILD_DEPS="$(DEMO_DEPS)"

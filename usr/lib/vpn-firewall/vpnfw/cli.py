@@ -175,7 +175,8 @@ def cmd_is_configured(args) -> int:
 def cmd_status(args) -> int:
     from .status import status
 
-    return status(args.config_dir, lambda: compile_config(args.config_dir, quiet=True), args.json)
+    return status(args.config_dir, lambda: compile_config(args.config_dir, quiet=True), args.json,
+                  args.prometheus)
 
 
 def cmd_ensure_closed(args) -> int:

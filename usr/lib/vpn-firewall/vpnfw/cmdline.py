@@ -24,7 +24,9 @@ COMMANDS = {
     "show": ("print the iptables-restore input of both families (dry run)", {}),
     "is-configured": ("exit 0 if the config is valid and names a VPN server, else 1", {}),
     "status": ("what is loaded, whether it matches the config, what was blocked",
-               {"--json": "the same facts as JSON, for scripts"}),
+               {"--json": "the same facts as JSON, for scripts",
+                "--prometheus": "the same facts as Prometheus metrics (node_exporter's textfile collector); "
+                                "exits 0 when they were all printed"}),
     "ensure-closed": ("load the lockdown where nothing of ours is loaded (the unit's ExecStopPost "
                       "after a failed start); never opens", {}),
     "leak-test": ("try to send outside the tunnel on every interface; exit 0 only if nothing can leave", {}),
@@ -56,6 +58,7 @@ class Args:
         self.command = command
         self.config_dir = config_dir
         self.json = "--json" in options
+        self.prometheus = "--prometheus" in options
         self.force = "--force" in options
         self.values = values or {}  # option -> its value ('--for' -> '5m')
         self.run = run  # the words after '--', or None

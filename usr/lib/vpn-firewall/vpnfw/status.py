@@ -5,6 +5,7 @@ The facts are gathered into one dict, printed for people or, with --json, for sc
 
 import json
 import re
+import sys
 import time
 
 from . import differences, kernel, links, load, state
@@ -234,8 +235,13 @@ def show(facts) -> None:
             print(f"  {r['direction']:4} {r['protocol']} {r['destination']}{port}{via}")
 
 
-def status(config_dir: str, compile_config, as_json: bool = False) -> int:
+def status(config_dir: str, compile_config, as_json: bool = False, prometheus: bool = False) -> int:
     facts = gather(config_dir, compile_config)
+    if prometheus:  # the state is in the metrics; 0: every metric was printed
+        from .prometheus import text
+
+        sys.stdout.write(text(facts))
+        return 0
     if as_json:
         print(json.dumps(facts, indent=2))
     else:
