@@ -87,7 +87,7 @@ def test_only_host_names_never_resolved_are_not_configured(tmp_path):
     (["--config-dir"], "--config-dir needs a directory"),
     (["--config-dir=", "show"], "--config-dir needs a directory"),
     (["show", "--json"], "show: unknown option '--json'"),
-    (["status", "--force"], "status: unknown option '--force' (options: --json)"),
+    (["status", "--force"], "status: unknown option '--force' (options: --json, --prometheus)"),
     (["check", "extra"], "check: unknown argument 'extra'"),
 ])
 def test_usage_errors_say_what_and_exit_2(argv, message):
