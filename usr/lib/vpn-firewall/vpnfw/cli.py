@@ -345,6 +345,18 @@ def cmd_exclude(args) -> int:
     return session(args.run, dns, ports, settings.vpn_interfaces, reload, say)
 
 
+def cmd_monitor(args) -> int:
+    """A live view (see monitor.py)."""
+    from .monitor import Monitor
+    from .routing import tunnels_of
+
+    try:
+        patterns = list(tunnels_of(args.config_dir))
+    except Exception:  # noqa: BLE001  a broken config: the usual names
+        patterns = ["tun+", "wg+"]
+    return Monitor(patterns, args.json).run()
+
+
 COMMANDS = {
     "start": cmd_start,
     "reload": cmd_start,
@@ -355,6 +367,7 @@ COMMANDS = {
     "status": cmd_status,
     "ensure-closed": cmd_ensure_closed,
     "leak-test": cmd_leak_test,
+    "monitor": cmd_monitor,
     "guard": cmd_guard,
     "portal": cmd_portal,
     "exclude": cmd_exclude,

@@ -30,6 +30,8 @@ COMMANDS = {
     "ensure-closed": ("load the lockdown where nothing of ours is loaded (the unit's ExecStopPost "
                       "after a failed start); never opens", {}),
     "leak-test": ("try to send outside the tunnel on every interface; exit 0 only if nothing can leave", {}),
+    "monitor": ("a live view until Ctrl-C: the tunnel up or down, blocked packets, the guard's repairs, "
+                "sessions; one line an event", {"--json": "one JSON object a line, for scripts"}),
     "guard": ("run in the foreground until SIGTERM: put the rules in force back at once when another "
               "program removes or alters them", {}),
     "portal": ("let one program (and its children) reach a captive portal's login page outside the tunnel: "

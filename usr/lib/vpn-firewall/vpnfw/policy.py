@@ -70,8 +70,12 @@ def _reject_all(family, chain):
     ]
 
 
-def _log(family, chain, word):
-    return _rule(family, chain, (), (LOG_LIMIT,), "LOG", (("--log-prefix", f"vpn-firewall blocked {word}: "),))
+def _log(family, chain, word) -> list:
+    """What was blocked: to the kernel log, and to `vpn-firewall monitor` by netlink (nflog.py)."""
+    from .nflog import LIMIT, options
+
+    return [_rule(family, chain, (), (LOG_LIMIT,), "LOG", (("--log-prefix", f"vpn-firewall blocked {word}: "),)),
+            _rule(family, chain, (), (LIMIT,), "NFLOG", options(word))]
 
 
 def _ports(proto, sport, dport):
@@ -217,7 +221,7 @@ def _tunnel_flow_chain(family, settings):
     """Where a packet of a tunnel flow goes in INPUT: back if it came by the tunnel, else dropped."""
     rules = [_rule(family, TUNNEL_FLOW_CHAIN, (_h("-i", iface),), (), "RETURN") for iface in settings.vpn_interfaces]
     if settings.log_blocked:  # "spoof", not "spoofed": a log prefix has room for 29 characters
-        rules.append(_log(family, TUNNEL_FLOW_CHAIN, "spoof"))
+        rules += _log(family, TUNNEL_FLOW_CHAIN, "spoof")
     return rules + [_rule(family, TUNNEL_FLOW_CHAIN, (), (), "DROP")]
 
 
@@ -365,7 +369,7 @@ def output_chain(family, settings, user, endpoints, portal=None, excluded=()):
     if settings.allow_lan or settings.trusted_lans:
         rules += _lan_rules(family, "OUTPUT", settings)
     if settings.log_blocked:
-        rules.append(_log(family, "OUTPUT", "out"))
+        rules += _log(family, "OUTPUT", "out")
     return rules + _reject_all(family, "OUTPUT") + server_chains + (into_tunnel if tunnel_first else [])
 
 
@@ -396,7 +400,7 @@ def input_chain(family, settings, user, endpoints):
     if settings.allow_lan or settings.trusted_lans:
         rules += _lan_rules(family, "INPUT", settings)
     if settings.log_blocked:
-        rules.append(_log(family, "INPUT", "in"))
+        rules += _log(family, "INPUT", "in")
     return rules + [_rule(family, "INPUT", (), (), "DROP")] + _tunnel_flow_chain(family, settings)
 
 
@@ -405,7 +409,7 @@ def forward_chain(family, settings, user):
     if settings.gateway_interfaces:
         rules += _gateway_forward(family, settings)
     if settings.log_blocked:
-        rules.append(_log(family, "FORWARD", "fwd"))
+        rules += _log(family, "FORWARD", "fwd")
     for inside in settings.gateway_interfaces:  # the internal clients fail fast
         rules += [_rule(family, "FORWARD", (_h("-i", inside),) + r.header, r.matches, r.target, r.target_options)
                   for r in _reject_all(family, "FORWARD")]
