@@ -32,11 +32,19 @@ def loader(bed, *args):
                            bed.confdir, *args], env=bed.env, capture_output=True, text=True, timeout=60)
 
 
+def in_cgroup(bed, cgroup_dir, script) -> str:
+    """What a python SCRIPT prints, run by a process that enters CGROUP_DIR (None: stays
+    where it is) before it runs."""
+    enter = f"echo $$ > {cgroup_dir}/cgroup.procs && " if cgroup_dir else ""
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{bed.client}", "sh", "-c",
+                          f"{enter}exec {sys.executable} -c '{script}'"], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+
+
 def fetch_in(bed, cgroup_dir):
-    """A fetch of the web server by a process that enters CGROUP_DIR before it runs."""
-    script = (f'echo $$ > {cgroup_dir}/cgroup.procs && exec {sys.executable} {T.PROBE} http {T.WEB_V4} 80')
-    return subprocess.run(["nsenter", f"--net=/run/netns/{bed.client}", "sh", "-c", script], capture_output=True,
-                          text=True, timeout=30).stdout.strip()
+    """A fetch of the web server from inside CGROUP_DIR."""
+    return in_cgroup(bed, cgroup_dir, f"import sys; sys.path.insert(0, \"{os.path.dirname(T.PROBE)}\"); "
+                                      f"from netprobe import http; print(http(\"{T.WEB_V4}\", 80))")
 
 
 def test_a_unit_outside_the_tunnel_while_its_cgroup_exists(pki):
@@ -73,13 +81,9 @@ def test_a_unit_outside_the_tunnel_while_its_cgroup_exists(pki):
 
 
 def send_from(bed, cgroup_dir, addr, port) -> str:
-    """A datagram to ADDR:PORT from a process that enters CGROUP_DIR (None: stays where it is)."""
-    enter = f"echo $$ > {cgroup_dir}/cgroup.procs && " if cgroup_dir else ""
-    send = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-            f"print(s.sendto(b'x', ('{addr}', {port})))")
-    out = subprocess.run(["nsenter", f"--net=/run/netns/{bed.client}", "sh", "-c",
-                          f'{enter}exec {sys.executable} -c "{send}"'], capture_output=True, text=True, timeout=30)
-    return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+    """A datagram to ADDR:PORT from inside CGROUP_DIR (None: from outside any)."""
+    return in_cgroup(bed, cgroup_dir, "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                                      f"print(s.sendto(b\"x\", (\"{addr}\", {port})))")
 
 
 def test_only_the_vpn_units_processes_reach_the_servers(pki):

@@ -276,19 +276,35 @@ login is done, close that browser; the VPN client can connect now.
 """
 
 
+def _runs_a_command(args, howto):
+    """portal's and exclude's first checks: the how-to without a command, root; None: go on."""
+    if args.run is None:
+        sys.stdout.write(howto)
+        return USAGE_ERROR
+    if os.geteuid() != 0:
+        say("error", f"{args.command} changes the firewall: run it as root "
+                     f"(sudo vpn-firewall {args.command} -- COMMAND)")
+        return REFUSED
+    return None
+
+
+def _resolvers(args) -> list:
+    """--dns's address, or the network's resolvers (PortalError for a bad one)."""
+    from . import portal
+
+    return [portal.dns_address(args.values["--dns"])] if "--dns" in args.values else portal.lease_resolvers()
+
+
 def cmd_portal(args) -> int:
     """A captive portal's login, for one program, for a few minutes (see portal.py)."""
     from . import load, portal
 
-    if args.run is None:
-        sys.stdout.write(PORTAL_HOWTO)
-        return USAGE_ERROR
-    if os.geteuid() != 0:
-        say("error", "portal changes the firewall: run it as root (sudo vpn-firewall portal -- COMMAND)")
-        return REFUSED
+    refused = _runs_a_command(args, PORTAL_HOWTO)
+    if refused is not None:
+        return refused
     try:
         seconds = portal.duration(args.values.get("--for", "5m"))
-        dns = [portal.dns_address(args.values["--dns"])] if "--dns" in args.values else portal.lease_resolvers()
+        dns = _resolvers(args)
     except portal.PortalError as e:
         say("error", str(e))
         return USAGE_ERROR
@@ -319,15 +335,12 @@ def cmd_exclude(args) -> int:
     """One program outside the tunnel while it runs (see exclusion.py)."""
     from . import exclusion, load, portal
 
-    if args.run is None:
-        sys.stdout.write(EXCLUDE_HOWTO)
-        return USAGE_ERROR
-    if os.geteuid() != 0:
-        say("error", "exclude changes the firewall: run it as root (sudo vpn-firewall exclude -- COMMAND)")
-        return REFUSED
+    refused = _runs_a_command(args, EXCLUDE_HOWTO)
+    if refused is not None:
+        return refused
     try:
         ports = exclusion.ports(args.values["--ports"]) if "--ports" in args.values else []
-        dns = [portal.dns_address(args.values["--dns"])] if "--dns" in args.values else portal.lease_resolvers()
+        dns = _resolvers(args)
     except (exclusion.ExclusionError, portal.PortalError) as e:
         say("error", str(e))
         return USAGE_ERROR

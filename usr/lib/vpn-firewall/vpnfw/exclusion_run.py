@@ -9,7 +9,7 @@ import time
 
 from . import exclusion, in_force, routing
 from .portal import PortalError
-from .portal_run import journal, make_cgroup, remove_cgroup, run_command
+from .portal_run import hold_signals, journal, make_cgroup, remove_cgroup, run_command
 
 SYNC_SECONDS = 1.0  # the routes around the tunnel follow the main table this often
 
@@ -53,12 +53,7 @@ def session(command, dns, ports, tunnels, reload, say) -> int:
     say("warning", opened)
     journal(opened)
 
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's; its end ends the session
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGQUIT, terminate)
+    hold_signals()
     reason = "the command exited"
     pid = status = None
     try:

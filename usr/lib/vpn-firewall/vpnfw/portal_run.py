@@ -106,6 +106,19 @@ def wait(pid: int, until: float, on_time_up) -> int:
         time.sleep(0.05)
 
 
+def hold_signals() -> None:
+    """While a session's command runs: Ctrl-C is the command's (its end ends the session);
+    SIGTERM and SIGQUIT end the session, through its cleanup (SystemExit)."""
+    import signal
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGQUIT, terminate)
+
+
 def journal(message: str) -> None:
     """Also in the system log (the journal), for whoever looks later."""
     import syslog
@@ -161,11 +174,7 @@ def session(command, seconds: int, dns, reload, lock, say) -> int:
         say("warning", message)
         journal(message)
 
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's; its end ends the session
-    signal.signal(signal.SIGTERM, terminate)
+    hold_signals()
     pid = None
     try:
         pid = run_command(command, cgroup_dir, say)
