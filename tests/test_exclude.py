@@ -51,6 +51,23 @@ while True:
 CONFIG = T.BASE_CONFIG.replace("@def $ALLOW_DHCP = no;\n", "")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def exclusion_cgroups():
+    """The sessions' cgroups go with their sessions; their parent, which exclude keeps, goes
+    after the last test here (not while a session of a test beside these still runs)."""
+    yield
+    from vpnfw.exclusion import CGROUP_PARENT
+    from vpnfw.portal_run import _alive, cgroup2_mount
+
+    parent = os.path.join(cgroup2_mount(), CGROUP_PARENT)
+    names = [n for n in (os.listdir(parent) if os.path.isdir(parent) else []) if not _alive(n.split("-")[0])]
+    for directory in [os.path.join(parent, n) for n in names] + [parent]:
+        try:
+            os.rmdir(directory)
+        except OSError:  # not there, or still in use beside
+            pass
+
+
 def exclude(bed, *args, **kw):
     """vpn-firewall exclude in the client's namespace (nsenter keeps the cgroup mount)."""
     argv = ["nsenter", f"--net=/run/netns/{bed.client}", sys.executable, T.LOADER, "--config-dir", bed.confdir,
