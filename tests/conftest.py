@@ -235,6 +235,8 @@ TREES = {
     # NetworkManager with its OpenVPN plugin; systemd-resolved in, purged where a test wants
     # Debian's default (NetworkManager writing resolv.conf itself)
     "bookworm-nm-resolved": BOOT_INCLUDE + ",network-manager,network-manager-openvpn,openvpn,systemd-resolved",
+    # Debian's ansible-core, for the role in contrib/ansible (run with the local connection)
+    "bookworm-ansible": BOOT_INCLUDE + ",ansible-core,python3-apt",
 }
 
 
@@ -258,6 +260,11 @@ def cached_tree(name: str) -> str:
 @pytest.fixture(scope="module")
 def base():
     return cached_tree("bookworm-base-nft")
+
+
+@pytest.fixture(scope="module")
+def ansible_base():
+    return cached_tree("bookworm-ansible")
 
 
 @pytest.fixture(scope="module")

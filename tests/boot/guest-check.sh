@@ -122,6 +122,21 @@ if [ "$(cat /root/scenario)" = bypass ]; then
     journalctl -b -u bypass-probe.service -u other-probe.service --no-pager -o cat >> $R/journal 2>&1
     sleep 0.5
 fi
+if [ "$(cat /root/scenario)" = ansible ]; then
+    # the role in contrib/ansible (test_ansible.py): a good drop-in, the same again, a bad one
+    play() {
+        (cd /root/ansible && ansible-playbook -i localhost, -c local -e ansible_become=false \
+            -e @/root/vars-$1.yml site.yml) > $R/ansible-$2.log 2>&1
+        echo "ansible_$2=$?" >> $R/boot
+    }
+    play good first
+    play good again
+    iptables-save > $R/ansible-good.save 2>&1
+    play bad bad
+    cat /etc/vpn-firewall/30_user.conf > $R/conf-after-bad 2>&1
+    iptables-save > $R/ansible-bad.save 2>&1
+    echo "active_after=$(systemctl is-active vpn-firewall.service)" >> $R/boot
+fi
 case "$(cat /root/scenario)" in
 nm*) sh /root/guest-nm.sh ;;  # NetworkManager's OpenVPN (test_networkmanager.py)
 esac
