@@ -12,7 +12,7 @@ TEST_DEPS  := $(BUILD_DEPS) $(DEMO_DEPS) ferm python3-pytest python3-pytest-xdis
               python3-pyflakes mmdebstrap systemd-container dnsmasq-base busybox nftables stress-ng
 # without their recommends: wireguard-tools would bring a whole kernel image
 TEST_DEPS_NO_RECOMMENDS := wireguard-tools wireguard-go ocserv openconnect vpnc-scripts nebula \
-                           prometheus-node-exporter
+                           prometheus-node-exporter dbus-daemon libglib2.0-bin python3-dbus python3-gi
 BENCH_DEPS := $(DEMO_DEPS) ferm iperf3
 
 LIB_FILES := usr/lib/vpn-firewall/vpn-firewall $(wildcard usr/lib/vpn-firewall/vpnfw/*.py)
@@ -42,7 +42,10 @@ install: man
 	    lib/systemd/system/vpn-firewall-refresh.service \
 	    lib/systemd/system/vpn-firewall-refresh.timer lib/systemd/system/vpn-firewall-client-configs.path \
 	    lib/systemd/system/vpn-firewall-client-configs.service lib/systemd/system/vpn-firewall-prometheus.service \
-	    lib/systemd/system/vpn-firewall-prometheus.timer $(DESTDIR)/lib/systemd/system/
+	    lib/systemd/system/vpn-firewall-prometheus.timer lib/systemd/system/vpn-firewall-monitor.service \
+	    $(DESTDIR)/lib/systemd/system/
+	install -d $(DESTDIR)/usr/lib/systemd/user
+	install -m 0644 usr/lib/systemd/user/vpn-firewall-notify.service $(DESTDIR)/usr/lib/systemd/user/
 	install -m 0755 lib/systemd/system-generators/vpn-firewall-bypass-generator \
 	    $(DESTDIR)/lib/systemd/system-generators/
 	install -m 0644 usr/share/bash-completion/completions/vpn-firewall \

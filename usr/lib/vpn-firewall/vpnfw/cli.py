@@ -367,7 +367,14 @@ def cmd_monitor(args) -> int:
         patterns = list(tunnels_of(args.config_dir))
     except Exception:  # noqa: BLE001  a broken config: the usual names
         patterns = ["tun+", "wg+"]
-    return Monitor(patterns, args.json).run()
+    return Monitor(patterns, args.json, publish=args.publish).run()
+
+
+def cmd_notify(args) -> int:
+    """Desktop notices (see notify.py)."""
+    from .notify import Notifier
+
+    return Notifier().run()
 
 
 COMMANDS = {
@@ -381,6 +388,7 @@ COMMANDS = {
     "ensure-closed": cmd_ensure_closed,
     "leak-test": cmd_leak_test,
     "monitor": cmd_monitor,
+    "notify": cmd_notify,
     "guard": cmd_guard,
     "portal": cmd_portal,
     "exclude": cmd_exclude,

@@ -31,7 +31,11 @@ COMMANDS = {
                       "after a failed start); never opens", {}),
     "leak-test": ("try to send outside the tunnel on every interface; exit 0 only if nothing can leave", {}),
     "monitor": ("a live view until Ctrl-C: the tunnel up or down, blocked packets, the guard's repairs, "
-                "sessions; one line an event", {"--json": "one JSON object a line, for scripts"}),
+                "sessions; one line an event", {"--json": "one JSON object a line, for scripts",
+                                                "--publish": "also for the desktop notices: as JSON lines in "
+                                                             "/run/vpn-firewall/events.jsonl"}),
+    "notify": ("desktop notices (run as the desktop's user): the VPN down while the kill switch holds, "
+               "back up, lockdown; from what a published monitor says", {}),
     "guard": ("run in the foreground until SIGTERM: put the rules in force back at once when another "
               "program removes or alters them", {}),
     "portal": ("let one program (and its children) reach a captive portal's login page outside the tunnel: "
@@ -61,6 +65,7 @@ class Args:
         self.config_dir = config_dir
         self.json = "--json" in options
         self.prometheus = "--prometheus" in options
+        self.publish = "--publish" in options
         self.force = "--force" in options
         self.values = values or {}  # option -> its value ('--for' -> '5m')
         self.run = run  # the words after '--', or None

@@ -24,9 +24,14 @@ RTM_NEWLINK, RTM_DELLINK = 16, 17
 IFF_UP = 0x1
 
 
+PUBLISHED = "events.jsonl"  # --publish: the events as JSON lines here, for `vpn-firewall notify`
+PUBLISH_MAX = 256 * 1024  # then it starts again (the old one as events.jsonl.1)
+
+
 class Monitor:
-    def __init__(self, patterns, as_json: bool, out=sys.stdout):
+    def __init__(self, patterns, as_json: bool, out=sys.stdout, publish=False):
         self.patterns, self.as_json, self.out = patterns, as_json, out
+        self.publish = state.in_run_dir(PUBLISHED) if publish else None
         self.tunnels = {}  # name -> up (bool)
         self.blocked = {}  # (direction, protocol, destination, port, uid) -> count, this window
         self.window_ends = None
@@ -40,18 +45,34 @@ class Monitor:
     # -- saying ----------------------------------------------------------------------
     def say(self, event: str, text: str, **fields):
         now = time.time()
+        line = json.dumps({"time": round(now, 3), "event": event, **fields}) + "\n"
         if self.as_json:
-            self.out.write(json.dumps({"time": round(now, 3), "event": event, **fields}) + "\n")
+            self.out.write(line)
         else:
             self.out.write(f"{time.strftime('%H:%M:%S', time.localtime(now))} {text}\n")
         self.out.flush()
+        if self.publish:
+            self._publish(line)
+
+    def _publish(self, line):
+        """Appended for the users' notifiers (they may read it; nothing in it is secret)."""
+        try:
+            if os.path.exists(self.publish) and os.path.getsize(self.publish) > PUBLISH_MAX:
+                os.replace(self.publish, self.publish + ".1")
+            fd = os.open(self.publish, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
 
     # -- the tunnel --------------------------------------------------------------------
     def links_changed(self, datagram=None):
         """From the link messages themselves (a quick up-down pair would be missed by a fresh
         read), or, without them, from a read of every link."""
-        if datagram is None:
-            found = [(link.name, link.state in ("up", "unknown")) for link in links.read_links()]
+        if datagram is None:  # set up, as the messages' IFF_UP says (a veth whose peer is down: too)
+            found = [(link.name, link.state not in ("down", "notpresent")) for link in links.read_links()]
         else:
             found = []
             for kind, body in netlink.messages(datagram):
