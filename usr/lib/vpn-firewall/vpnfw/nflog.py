@@ -76,6 +76,8 @@ def _headers(family, p: bytes):
     try:
         if family == 10 and len(p) >= 40:
             proto, dst, l4 = p[6], socket.inet_ntop(socket.AF_INET6, p[24:40]), p[40:]
+            if proto == 0 and len(l4) >= 2:  # hop-by-hop options (MLD carries them): what follows
+                proto, l4 = l4[0], l4[(l4[1] + 1) * 8:]
         elif family == 2 and len(p) >= 20:
             proto, dst, l4 = p[9], socket.inet_ntop(socket.AF_INET, p[16:20]), p[(p[0] & 0x0F) * 4:]
         else:
