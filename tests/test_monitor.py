@@ -113,3 +113,16 @@ def test_monitor_text_lines(tmp_path, netns):
     finally:
         monitor.send_signal(signal.SIGTERM)
         monitor.wait(timeout=5)
+
+
+def test_an_ipv6_packet_with_hop_by_hop_options_is_named_by_what_follows():
+    """An MLD report carries a hop-by-hop header (next header 0): it is ICMPv6 all the same."""
+    import ipaddress
+
+    from vpnfw.nflog import _headers
+
+    header = bytes([0x60, 0, 0, 0, 0, 16, 0, 1]) + bytes(16) + ipaddress.IPv6Address("ff02::16").packed
+    hop_by_hop = bytes([58, 0, 5, 2, 0, 0, 1, 0])  # next: ICMPv6; router alert
+    assert _headers(10, header + hop_by_hop + bytes([143, 0, 0, 0, 0, 0, 0, 0])) == ("icmp6", "ff02::16", None)
+    udp = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0]) + bytes([192, 0, 2, 1, 192, 0, 2, 77])
+    assert _headers(2, udp + bytes([0x9c, 0x40, 0x01, 0xbb, 0, 8, 0, 0])) == ("udp", "192.0.2.77", 443)
