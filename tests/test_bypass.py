@@ -47,12 +47,27 @@ def fetch_in(bed, cgroup_dir):
                                       f"from netprobe import http; print(http(\"{T.WEB_V4}\", 80))")
 
 
-def test_a_unit_outside_the_tunnel_while_its_cgroup_exists(pki):
+@pytest.fixture
+def unit_cgroup():
+    """(the unit's cgroup path, its directory) for a unit of this test's own, in a slice of
+    its own; neither is made here (the test decides when the unit "runs"); both gone after."""
     from vpnfw.portal_run import cgroup2_mount
 
-    top = f"vpnfw-test-{uuid.uuid4().hex[:8]}.slice"
-    unit = f"{top}/backup.service"
-    cgroup_dir = os.path.join(cgroup2_mount(), unit)
+    made = []
+
+    def make(name):
+        unit = f"vpnfw-test-{uuid.uuid4().hex[:8]}.slice/{name}"
+        made.append(os.path.join(cgroup2_mount(), unit))
+        return unit, made[-1]
+    yield make
+    for cgroup_dir in made:
+        for d in (cgroup_dir, os.path.dirname(cgroup_dir)):
+            if os.path.isdir(d):
+                os.rmdir(d)
+
+
+def test_a_unit_outside_the_tunnel_while_its_cgroup_exists(pki, unit_cgroup):
+    unit, cgroup_dir = unit_cgroup("backup.service")
     bed = T.Testbed(pki[0], pki[1], config=CONFIG + f"@def $BYPASS_UNITS = ({unit});\n")
     try:
         bed.up(vpn=False)
@@ -75,9 +90,6 @@ def test_a_unit_outside_the_tunnel_while_its_cgroup_exists(pki):
         assert "5650" not in bed.in_ns(bed.client, ["ip", "rule"]).stdout
     finally:
         bed.down()
-        for d in (cgroup_dir, os.path.dirname(cgroup_dir)):
-            if os.path.isdir(d):
-                os.rmdir(d)
 
 
 def send_from(bed, cgroup_dir, addr, port) -> str:
@@ -86,12 +98,8 @@ def send_from(bed, cgroup_dir, addr, port) -> str:
                                       f"print(s.sendto(b\"x\", (\"{addr}\", {port})))")
 
 
-def test_only_the_vpn_units_processes_reach_the_servers(pki):
-    from vpnfw.portal_run import cgroup2_mount
-
-    top = f"vpnfw-test-{uuid.uuid4().hex[:8]}.slice"
-    unit = f"{top}/vpn.service"
-    cgroup_dir = os.path.join(cgroup2_mount(), unit)
+def test_only_the_vpn_units_processes_reach_the_servers(pki, unit_cgroup):
+    unit, cgroup_dir = unit_cgroup("vpn.service")
     bed = T.Testbed(pki[0], pki[1], config=CONFIG + f"@def $VPN_UNITS = ({unit});\n")
     try:
         bed.up(vpn=False)
@@ -106,9 +114,6 @@ def test_only_the_vpn_units_processes_reach_the_servers(pki):
         assert loader(bed, "status").returncode == 0
     finally:
         bed.down()
-        for d in (cgroup_dir, os.path.dirname(cgroup_dir)):
-            if os.path.isdir(d):
-                os.rmdir(d)
 
 
 @pytest.mark.parametrize("text,said", [
