@@ -11,6 +11,7 @@ it saw: 10.8.0.x came through the tunnel, 198.19.0.1 / 2001:db8:100::1 by the ca
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,11 +69,11 @@ def exclusion_cgroups():
             pass
 
 
-def exclude(bed, *args, **kw):
+def exclude(bed, *args, env=None, **kw):
     """vpn-firewall exclude in the client's namespace (nsenter keeps the cgroup mount)."""
-    argv = ["nsenter", f"--net=/run/netns/{bed.client}", sys.executable, T.LOADER, "--config-dir", bed.confdir,
-            "exclude", *args]
-    return subprocess.Popen(argv, env=bed.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    argv = [shutil.which("nsenter"), f"--net=/run/netns/{bed.client}", sys.executable, T.LOADER, "--config-dir",
+            bed.confdir, "exclude", *args]
+    return subprocess.Popen(argv, env=env or bed.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -246,7 +247,7 @@ ERRORS = [
 ]
 
 
-def test_errors_open_nothing(pki):
+def test_errors_open_nothing(pki, tmp_path):
     bed = T.Testbed(pki[0], pki[1], config=CONFIG)
     try:
         bed.up(vpn=False)
@@ -257,6 +258,17 @@ def test_errors_open_nothing(pki):
             assert (run.returncode, said in out + err) == (code, True), (args, out + err)
             assert ours_left(bed) == [], args
             assert bed.in_ns(bed.client, ["iptables-save"]).stdout.count("-A ") == before, args
+        # no `ip` to route around the tunnel: refused, nothing opened (the iptables tools stay)
+        tools = tmp_path / "no-ip"
+        tools.mkdir()
+        for name in os.listdir(os.path.dirname(shutil.which("iptables"))):
+            if name.startswith(("iptables", "ip6tables", "xtables")):
+                os.symlink(os.path.join(os.path.dirname(shutil.which("iptables")), name), tools / name)
+        run = exclude(bed, "--", "true", env=dict(bed.env, PATH=str(tools)))
+        out, err = run.communicate(timeout=30)
+        assert run.returncode == 1 and "'ip' (package iproute2) is not installed" in err \
+            and "nothing was opened" in err, err
+        assert ours_left(bed) == [] and bed.fetch(T.WEB_V4) == "error:ECONNREFUSED"
         # a config that does not compile: refused, nothing opened
         with open(os.path.join(bed.confdir, "30_user.conf"), "a") as f:
             f.write("@def $VPN_SERVERS = (;\n")
