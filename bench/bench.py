@@ -186,7 +186,7 @@ def main():
     from per_packet import measure as per_packet
 
     print()
-    packets = per_packet(int(os.environ.get("BENCH_PACKET_ROUNDS", "9")), 100000)
+    packets = per_packet()
     goals = {
         "(a)/(c) <= 1.25 at 1 endpoint": rows[1]["a"] / rows[1]["c"] <= 1.25,
         "(a)/(c) <= 1.25 at 5,000 endpoints": rows[5000]["a"] / rows[5000]["c"] <= 1.25,
