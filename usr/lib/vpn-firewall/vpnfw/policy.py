@@ -203,9 +203,13 @@ def _tunnel_flows(family, chain, settings):
 
 def _tunnel_out_chain(family, settings):
     """What the tunnel's packets pass when they come first (only they enter it): the
-    tunnel-flow mark on a connection's first packet, DNS only to $DNS_SERVERS, then accept."""
-    new = (("conntrack", ((False, "--ctstate", "NEW"),)),)
-    out = [_rule(family, TUNNEL_OUT_CHAIN, (), new, "CONNMARK", (("--set-xmark", TUNNEL_FLOW_MARK),))]
+    tunnel-flow mark, DNS only to $DNS_SERVERS, then accept. The mark is set on every packet
+    rather than on a connection's first: a bit already set is not written again, and on
+    nf_tables (iptables 1.8.9) asking for the conntrack state goes through the xtables compat
+    layer, which cost every packet into the tunnel about 70 ns more than the mark does here
+    (bench/per_packet.py). A flow that only later turns into the tunnel gets the mark too:
+    its replies must then come by the tunnel, as any tunnel flow's."""
+    out = [_rule(family, TUNNEL_OUT_CHAIN, (), (), "CONNMARK", (("--set-xmark", TUNNEL_FLOW_MARK),))]
     servers = _dns_servers(family, settings)
     if servers is not None:
         for proto in ("tcp", "udp"):  # the bulk first
@@ -302,12 +306,12 @@ def fence(family, tunnels, inside, fast_in=None, fast_out=None, excluded=()):
     excluded: the fence's rules of exclusion sessions (exclusion.py), first in OUTPUT."""
     judged = (("mark", ((False, "--mark", JUDGED_MARK),)),)
 
-    def chain(name, flag, headers, fast, before=()):
+    def chain(name, flag, headers, fast, before=(), tunnels_before=len(tunnels)):
         first = [] if fast is None else [(_h(flag, i),) for i in tunnels]
-        out = list(before) + [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in first]
+        tunnel = [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in first]
         # a flow's first packet is judged and approved at once: its judging bit is cleared first
-        out += [Rule(family, FENCE_TABLE, name, (), judged, our_chain(JUDGED_CHAIN), goto=True)]
-        out += list(fast or ())
+        judging = [Rule(family, FENCE_TABLE, name, (), judged, our_chain(JUDGED_CHAIN), goto=True)]
+        out = list(before) + tunnel[:tunnels_before] + judging + list(fast or ()) + tunnel[tunnels_before:]
         out += [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in headers if header not in first]
         return out + [Rule(family, FENCE_TABLE, name, (), (), "DROP")]
 
@@ -316,7 +320,8 @@ def fence(family, tunnels, inside, fast_in=None, fast_out=None, excluded=()):
         + chain("INPUT", "-i", [(_h("-i", i),) for i in ("lo", *tunnels, *inside)], fast_in)
         + chain("FORWARD", None, [(_h("-i", g), _h("-o", t)) for g in inside for t in tunnels]
                 + [(_h("-o", g),) for g in inside], None)
-        + chain("OUTPUT", "-o", [(_h("-o", i),) for i in ("lo", *tunnels, *inside)], fast_out, excluded)
+        + chain("OUTPUT", "-o", [(_h("-o", i),) for i in ("lo", *tunnels, *inside)], fast_out, excluded,
+                tunnels_before=1)  # as output_chain's order, for the same reason
     )
 
 
@@ -337,7 +342,13 @@ def output_chain(family, settings, user, endpoints, portal=None, excluded=()):
     # What an exclusion marked comes first: its root asked for it, and mangle's reroute around
     # the tunnel is not seen by -o in OUTPUT (the hook's device is the one routed before), so
     # to every rule below it would look like the tunnel's (and get the tunnel-flow bit).
-    rules = list(excluded) + tunnel_first + approved_first + [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))]
+    # The first tunnel interface of $VPN_INTERFACES, then the approved flows, then the other
+    # interfaces: a packet to a server passes one interface comparison, not one per interface,
+    # and the first-named tunnel's packets none of the approved flows' connmark matches (on
+    # nf_tables, iptables 1.8.9's connmark is an xtables compat match, the dearer kind:
+    # bench/per_packet.py). The fence keeps the same order.
+    rules = (list(excluded) + tunnel_first[:1] + approved_first + tunnel_first[1:]
+             + [_judged(family, "OUTPUT"), _rule(family, "OUTPUT", (_h("-o", "lo"),))])
     if not tunnel_first:
         rules += _tunnel_flows(family, "OUTPUT", settings)
     rules += user
