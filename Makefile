@@ -13,7 +13,7 @@ TEST_DEPS  := $(BUILD_DEPS) $(DEMO_DEPS) ferm python3-pytest python3-pytest-xdis
 # without their recommends: wireguard-tools would bring a whole kernel image
 TEST_DEPS_NO_RECOMMENDS := wireguard-tools wireguard-go ocserv openconnect vpnc-scripts nebula \
                            prometheus-node-exporter dbus-daemon libglib2.0-bin python3-dbus python3-gi
-BENCH_DEPS := $(DEMO_DEPS) ferm iperf3
+BENCH_DEPS := $(DEMO_DEPS) ferm iperf3 gcc libc6-dev
 
 LIB_FILES := usr/lib/vpn-firewall/vpn-firewall $(wildcard usr/lib/vpn-firewall/vpnfw/*.py)
 MANPAGES  := $(BUILD)/man/vpn-firewall.8 $(BUILD)/man/vpn-firewall.conf.5
