@@ -8,8 +8,9 @@ tunnel must not leave by another interface.
 """
 
 from . import server_flows, values as V
-from .model import (BUILTIN_CHAINS, FENCE_TABLE, JUDGED_BIT, JUDGED_CHAIN, JUDGED_MARK, LOCKDOWN_COMMENT,
-                    TUNNEL_FLOW_CHAIN, TUNNEL_FLOW_MARK, UNJUDGE, Rule, our_chain)
+from .fence import fence
+from .model import (BUILTIN_CHAINS, FENCE_TABLE, JUDGED_BIT, JUDGED_MARK, LOCKDOWN_COMMENT,
+                    TUNNEL_FLOW_CHAIN, TUNNEL_FLOW_MARK, Rule, our_chain)
 
 UDP_DNS = (("udp", ((False, "--dport", "53"),)),)
 TCP_DNS = (("tcp", ((False, "--dport", "53"),)),)
@@ -292,37 +293,6 @@ def _server_tree(family, ranged, prefix):
 def _judged(family, chain):
     """The first rule of each filter chain of ours: whatever leaves it alive, it accepted."""
     return _rule(family, chain, (), (), "MARK", (("--set-xmark", JUDGED_MARK),))
-
-
-def fence(family, tunnels, inside, fast_in=None, fast_out=None, excluded=()):
-    """The fence's chains (see model.FENCE_TABLE): a packet that our filter chain did not
-    judge, because another tool accepted it first, passes only when it stays on loopback, in
-    the tunnel or on a trusted internal interface; anything else is dropped, there being no
-    REJECT outside the filter table. It never accepts: the packet just goes on; a judged one
-    with the judging bit cleared (goto JUDGED, which ends where the built-in chain goes on).
-    fast_in, fast_out: None when the user's rules come first in the filter chain; else our
-    chain accepts some packets before it marks them (the tunnel's, and the approved server
-    flows' that these rules of server_flows name), and the fence lets the same ones by first.
-    excluded: the fence's rules of exclusion sessions (exclusion.py), first in OUTPUT."""
-    judged = (("mark", ((False, "--mark", JUDGED_MARK),)),)
-
-    def chain(name, flag, headers, fast, before=(), tunnels_before=len(tunnels)):
-        first = [] if fast is None else [(_h(flag, i),) for i in tunnels]
-        tunnel = [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in first]
-        # a flow's first packet is judged and approved at once: its judging bit is cleared first
-        judging = [Rule(family, FENCE_TABLE, name, (), judged, our_chain(JUDGED_CHAIN), goto=True)]
-        out = list(before) + tunnel[:tunnels_before] + judging + list(fast or ()) + tunnel[tunnels_before:]
-        out += [Rule(family, FENCE_TABLE, name, header, (), "RETURN") for header in headers if header not in first]
-        return out + [Rule(family, FENCE_TABLE, name, (), (), "DROP")]
-
-    return (
-        [Rule(family, FENCE_TABLE, JUDGED_CHAIN, (), (), "MARK", (("--set-xmark", UNJUDGE),))]
-        + chain("INPUT", "-i", [(_h("-i", i),) for i in ("lo", *tunnels, *inside)], fast_in)
-        + chain("FORWARD", None, [(_h("-i", g), _h("-o", t)) for g in inside for t in tunnels]
-                + [(_h("-o", g),) for g in inside], None)
-        + chain("OUTPUT", "-o", [(_h("-o", i),) for i in ("lo", *tunnels, *inside)], fast_out, excluded,
-                tunnels_before=1)  # as output_chain's order, for the same reason
-    )
 
 
 def output_chain(family, settings, user, endpoints, portal=None, excluded=()):
