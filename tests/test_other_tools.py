@@ -187,7 +187,7 @@ def test_guard_repairs_a_flush_on_the_wire(tmp_path, backend, change, limit):
     bed = _bed(tmp_path, backend)
     try:
         guard = Guarded(bed)
-        how = "nf_tables commits" if backend == "nft" else "table sizes every 0.05 s, rules every 1 s"
+        how = "nf_tables commits" if backend == "nft" else "table sizes every 0.025 s, rules every 1 s"
         assert how in guard.started, guard.started
         leaked, late = _last_leak_after(bed, lambda: change(bed))
         assert late <= limit, f"frames left until {late * 1000:.0f} ms after the change: {leaked[-3:]}"
