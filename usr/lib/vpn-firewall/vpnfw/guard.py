@@ -35,6 +35,7 @@ POLL_SECONDS = 1.0  # legacy: the rules compared in full this often
 LOOK_SECONDS = 0.025  # legacy: the tables' sizes looked at this often (legacywatch.py): worst repair <= 50 ms
 LOG_BURST, LOG_WINDOW = 10, 60.0  # at most this many repair messages a minute
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # after a failed repair: the lockdown, then retries this far apart
+CHANGED_AGAIN_MAX = 3  # repairs in a row undone before their read-back, before the lockdown
 RECENT = 10  # repairs kept for `status`
 
 
@@ -203,6 +204,8 @@ class Guard(Ends):
         self.stopping = False
         self.watcher = None  # the legacy backend's cheap look (legacywatch.py), when it can look
         self.look = None
+        self.look_again = False
+        self.changed_again = {}  # family: repairs in a row that another program changed again
         self.compared_at = 0.0
         self.own_commits = set()  # pids of the repair's restores: their commits are verified already
         self.touched = set()  # the families announced changes touched since the last check
@@ -314,6 +317,9 @@ class Guard(Ends):
                 or self._retry_due())
 
     def _timeout(self, events):
+        if self.look_again:  # right after a repair: another tool's next command may be landing
+            self.look_again = False
+            return 0
         ends = self.portal_ends
         waits = [] if events else [LOOK_SECONDS if self.watcher else POLL_SECONDS]
         if self.excluded or self.trusting:
@@ -347,8 +353,13 @@ class Guard(Ends):
                 holes, tables = self._differences(family, dump, who)
                 if holes:
                     broken[family] = (dump, holes, tables)
+                elif self.changed_again.pop(family, None):  # put right meanwhile: no repair due
+                    self.retry_at.pop(family, None)
             if broken:
                 self._repair(broken, who)  # changes the look: the next tick compares once more
+                # a flush is often one command of several (a firewall's reload): on legacy the
+                # next look comes at once, not a tick after the repair and its read-back
+                self.look_again = self.watcher is not None
 
     def _differences(self, family, dump, who):
         """(the holes, the tables to restore); harmless changes are reported once (not beside
@@ -383,21 +394,34 @@ class Guard(Ends):
             try:
                 kernel.check_restored(restoring[family])
                 ms = (time.monotonic() - started) * 1000  # in force from here; the check below only confirms
-                problems = differences.differences(kernel.save(family), self._target(family))
+                # holes only: another tool's next command may open a filter policy between our
+                # commit and this read-back (firewalld's reload does), which lets nothing out
+                problems = differences.holes(kernel.save(family), self._target(family))
                 if problems:
                     raise VerifyError("; ".join(problems))
                 outcome = "repaired"
                 self.retry_at.pop(family, None)
                 self.retry_wait.pop(family, None)
+                self.changed_again.pop(family, None)
             except (LoadError, VerifyError) as e:
-                self.log("error", f"{family}: could not put the rules back: {e}")
-                outcome = load.lockdown(family, self.log, record=False)  # the recorded rules stay the goal
-                ms = (time.monotonic() - started) * 1000
-                wait = min(RETRY_MAX, self.retry_wait.get(family, RETRY_FIRST / 2) * 2)
-                self.retry_wait[family] = wait
-                self.retry_at[family] = time.monotonic() + wait
+                if isinstance(e, VerifyError) and self.changed_again.get(family, 0) < CHANGED_AGAIN_MAX:
+                    # Our commit went in, and another program's next command came after it (a
+                    # firewall's reload is several): compare and repair again at once, not the
+                    # lockdown, which would block the VPN too until a retry a second later.
+                    self.changed_again[family] = self.changed_again.get(family, 0) + 1
+                    self.log("warning", f"{family}: changed again while being repaired ({e}): repairing again")
+                    outcome, ms = "changed again", (time.monotonic() - started) * 1000
+                    self.retry_at[family] = time.monotonic()
+                else:
+                    self.changed_again.pop(family, None)
+                    self.log("error", f"{family}: could not put the rules back: {e}")
+                    outcome = load.lockdown(family, self.log, record=False)  # the recorded rules stay the goal
+                    ms = (time.monotonic() - started) * 1000
+                    wait = min(RETRY_MAX, self.retry_wait.get(family, RETRY_FIRST / 2) * 2)
+                    self.retry_wait[family] = wait
+                    self.retry_at[family] = time.monotonic() + wait
             what = holes[0] + (f", and {len(holes) - 1} more" if len(holes) > 1 else "")
-            level = "warning" if outcome == "repaired" else "error"
+            level = "warning" if outcome in ("repaired", "changed again") else "error"
             self.log(level, f"{family}: rules changed by another program ({what}){_by(who)}: {outcome} in {ms:.0f} ms")
             self.facts["repairs"] += 1
             self.facts["recent"] = (self.facts["recent"] + [
