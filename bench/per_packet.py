@@ -151,6 +151,8 @@ def measure(rotations=None, block=BLOCK) -> dict:
         beds.append(("-", "none", Bed(workdir, None, "none")))
         for backend in ("nft", "legacy"):
             beds.append((backend, "conntrack alone", Bed(workdir, backend, "conntrack")))
+            # the same rules again: what the probe tells apart (its ratio should be 1.00)
+            beds.append((backend, "control: conntrack again", Bed(workdir, backend, "conntrack")))
             for n in SIZES:
                 beds.append((backend, f"kill switch, {n} servers", Bed(workdir, backend, "kill switch", n)))
         specs = []
@@ -187,7 +189,7 @@ def report(samples, rotations, block):
           f"sends each), and the ratio to connection tracking alone (the median of the turns' own "
           f"ratios, its 95 % interval in brackets)")
     print(f"{'backend':8} {'rules':27}" + "".join(f"{c:>24}" for c in columns))
-    verdicts, results, intervals = [], {}, {}
+    verdicts, results, intervals, controls = [], {}, {}, {}
     for (backend, rules), got in med.items():
         floor = samples.get((backend, "conntrack alone"))
         cells = []
@@ -196,14 +198,17 @@ def report(samples, rotations, block):
                 cells.append(f"{'-':>24}")
                 continue
             text = f"{got[c]:.0f}"
-            if floor and rules.startswith("kill switch") and c in floor:
+            if floor and rules.startswith(("kill switch", "control")) and c in floor:
                 # each turn against the floor's turn just before it: the machine's swings fall on both
                 ratios = [k / f for k, f in zip(samples[(backend, rules)][c], floor[c])]
                 ratio, low, high = median_interval(ratios)
                 text += f" {ratio:.2f}x [{low:.2f}-{high:.2f}]"
-                verdicts.append(high <= GOAL)
-                results[f"{backend} {rules} {c}"] = round(ratio, 3)
-                intervals[f"{backend} {rules} {c}"] = [round(low, 3), round(high, 3)]
+                if rules.startswith("control"):
+                    controls[f"{backend} {c}"] = round(ratio, 3)
+                else:
+                    verdicts.append(high <= GOAL)
+                    results[f"{backend} {rules} {c}"] = round(ratio, 3)
+                    intervals[f"{backend} {rules} {c}"] = [round(low, 3), round(high, 3)]
             cells.append(f"{text:>24}")
         print(f"{backend:8} {rules:27}" + "".join(cells))
     met = all(verdicts)
@@ -212,8 +217,10 @@ def report(samples, rotations, block):
     print(f"goal: the kill switch within {GOAL}x of connection tracking alone, both directions, every size, "
           f"both backends, the whole interval below it: {'met' if met else 'NOT met'} "
           f"(worst median {worst:.2f}x, worst interval's top {worst_high:.2f}x)")
+    print(f"control: the same rules in two beds differ by {max(abs(r - 1) for r in controls.values()):.1%} "
+          f"at most (what the probe can tell apart)")
     return {"ns": {f"{b} {r}": v for (b, r), v in med.items()}, "ratios": results,
-            "intervals": intervals, "met": met, "worst": worst}
+            "intervals": intervals, "controls": controls, "met": met, "worst": worst}
 
 
 if __name__ == "__main__":
