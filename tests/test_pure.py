@@ -9,8 +9,8 @@ import pytest
 
 from conftest import write_config
 from vpnfw import differences as D, kernel
-from vpnfw.guard import (NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, NFTA_GEN_PROC_NAME, NFTA_GEN_PROC_PID,
-                         changed_families, committers)
+from vpnfw.nftevents import (NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN, NFTA_GEN_PROC_NAME, NFTA_GEN_PROC_PID,
+                             changed_families, committers)
 from vpnfw.model import OUR_TABLES, Rule
 from vpnfw.pipeline import compile_config
 from vpnfw.render import NOTHING, quote, restore_input, rule_line
