@@ -5,9 +5,9 @@ fresh compile of a config that may have changed on disk since. On iptables-nft t
 sleeps on the kernel's own announcement of every nf_tables commit (netlink, group
 NFNLGRP_NFTABLES), which also names the committing process; the legacy backend announces
 nothing, so there it looks at the tables' sizes forty times a second (legacywatch.py,
-no process, ~20 us a look) and compares the rules in full when they changed, and once a second anyway.
-It takes the rules lock like start and
-reload, so it never fights them: after a reload it guards the new rules.
+no process, ~20 us a look) and compares the rules in full when they changed, and once a
+second anyway. It takes the rules lock like start and reload, so it never fights them:
+after a reload it guards the new rules.
 
 It never opens anything: a repair that fails gives the lockdown, and a change that cannot
 let anything out (another tool's rules above our jump in filter, a filter policy opened:
