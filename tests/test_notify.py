@@ -88,3 +88,36 @@ def test_notices_when_the_vpn_drops_and_returns(tmp_path, netns):
             p.kill()
             p.wait()
         os.kill(bus_pid, 15)
+
+
+def test_a_notice_the_bus_did_not_take_comes_once_a_notification_service_is_there(own_state):
+    """At login the user's unit may start before the desktop's notification daemon: gdbus
+    fails (no one owns org.freedesktop.Notifications), and the notice is kept and sent again,
+    not lost. Here a lockdown in the published events, replayed at the notifier's first look."""
+    run = own_state / "run"
+    run.mkdir(exist_ok=True)
+    (run / "events.jsonl").write_text('{"event": "lockdown", "time": 1}\n')
+    bus = subprocess.run(["dbus-daemon", "--session", "--fork", "--print-address=1", "--print-pid=1"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    address, bus_pid = bus[0], int(bus[1])
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=address, VPN_FIREWALL_NOTICE_RETRY_SECONDS="1")
+    procs = []
+    try:
+        procs.append(subprocess.Popen([sys.executable, LOADER, "notify"], env=env))
+        time.sleep(1.5)  # its first look, and its first send, which no one took
+        asked = subprocess.run(["gdbus", "call", "--session", "--dest", "org.freedesktop.Notifications",
+                                "--object-path", "/org/freedesktop/Notifications", "--method",
+                                "org.freedesktop.DBus.Peer.Ping"], capture_output=True, text=True, env=env)
+        assert asked.returncode != 0, "no notification service yet: a send must fail"
+        server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True, env=env,
+                                  bufsize=0)
+        procs.append(server)
+        assert server.stdout.readline().strip() == "ready"
+        got = notices(server, 4)
+        assert got == ["vpn-firewall: LOCKDOWN|a start failed: everything but loopback is dropped "
+                       "(vpn-firewall status says why)"], got
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        os.kill(bus_pid, 15)

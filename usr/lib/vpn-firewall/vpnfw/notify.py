@@ -19,6 +19,8 @@ from .monitor import PUBLISHED
 NOTICE_SECONDS = float(os.environ.get("VPN_FIREWALL_NOTICE_SECONDS", "60"))
 GATHER_SECONDS = 3.0  # after the tunnel went down: what was blocked meanwhile goes into the notice
 LOOK_SECONDS = 0.5  # the events file looked at this often (a stat)
+# a notice the session bus did not take (no notification daemon yet) is sent again this much later
+RETRY_SECONDS = float(os.environ.get("VPN_FIREWALL_NOTICE_RETRY_SECONDS", "10"))
 LOCKDOWN = ("vpn-firewall: LOCKDOWN", "a start failed: everything but loopback is dropped (vpn-firewall status says why)")
 
 
@@ -42,7 +44,8 @@ class Notifier:
         self.down_since = None  # when the last tunnel went down (gathering what is blocked)
         self.blocked = {}  # "uid N to dst:port" -> packets, since the tunnel went down
         self.last_notice = 0.0
-        self.pending = None  # (summary, body) held back by the one-a-minute limit
+        self.pending = None  # (summary, body) held back by the one-a-minute limit, or not taken
+        self.retry_at = 0.0  # when a notice the bus did not take may be sent again
         self.replaying = False  # the first look: the file's old events tell the state, not news
         self.lockdown = False
 
@@ -115,6 +118,14 @@ class Notifier:
         self.pending = None
         if self.send(summary, body):
             self.last_notice = time.monotonic()
+        else:  # no notification daemon yet (a login still starting): kept, not lost
+            self.pending, self.retry_at = (summary, body), time.monotonic() + RETRY_SECONDS
+
+    def held(self) -> None:
+        """The notice held back, once the minute is over and a failed send's wait too."""
+        now = time.monotonic()
+        if self.pending and (not self.last_notice or now - self.last_notice >= NOTICE_SECONDS) and now >= self.retry_at:
+            self.say(*self.pending)
 
     def run(self) -> int:
         while True:
@@ -125,6 +136,5 @@ class Notifier:
                 if self.lockdown:
                     self.say(*LOCKDOWN)
             self.gathered()
-            if self.pending and time.monotonic() - self.last_notice >= NOTICE_SECONDS:
-                self.say(*self.pending)
+            self.held()
             time.sleep(LOOK_SECONDS)
