@@ -115,6 +115,44 @@ def test_monitor_text_lines(tmp_path, netns):
         monitor.wait(timeout=5)
 
 
+def _stop(*procs):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_a_second_monitor_without_the_nflog_group_says_so_and_watches_the_rest(tmp_path, netns):
+    """NFLOG group 5650 has one listener per namespace (ulogd2 bound to it, or another
+    monitor): the second says that blocked packets cannot be shown, and still reports the
+    tunnel; the first still gets the blocked packets."""
+    conf = write_config(tmp_path / "conf", {"30_user.conf": "@def $VPN_SERVERS = (192.0.2.1:1194/udp);\n"})
+    ns = netns("monitor2")
+    ns.sh(CABLE)
+    assert run_loader(["--config-dir", conf, "start"], netns=ns.name).returncode == 0
+    run = ["ip", "netns", "exec", ns.name, sys.executable, LOADER, "--config-dir", conf, "monitor", "--json"]
+    first = subprocess.Popen(run, stdout=subprocess.PIPE)
+    second = None
+    try:
+        events_until(first, lambda e: e["event"] == "start")
+        second = subprocess.Popen(run, stdout=subprocess.PIPE)
+        got = events_until(second, lambda e: e["event"] == "start")
+        errors = [e for e in got if e["event"] == "error"]
+        assert errors and "blocked packets cannot be shown" in errors[0]["message"], got
+        assert "another program listens to NFLOG group 5650" in errors[0]["message"], errors
+        ns.sh("ip link add tun0 type veth peer name vp0 && ip link set tun0 up")
+        events_until(second, lambda e: e["event"] == "tunnel" and e["interface"] == "tun0" and e["up"])
+        subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", SEND, "192.0.2.66", "2"], check=True)
+        events_until(first, lambda e: e["event"] == "blocked" and e.get("destination") == "192.0.2.66")
+    finally:
+        _stop(*(p for p in (second, first) if p is not None))
+    assert second.returncode == 0 and first.returncode == 0
+
+
 def test_an_ipv6_packet_with_hop_by_hop_options_is_named_by_what_follows():
     """An MLD report carries a hop-by-hop header (next header 0): it is ICMPv6 all the same."""
     import ipaddress

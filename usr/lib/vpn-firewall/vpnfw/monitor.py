@@ -180,7 +180,8 @@ class Monitor:
         try:
             log = nflog.open_group()
         except OSError as e:
-            self.say("error", f"blocked packets cannot be shown: {e.strerror or e}", error=str(e))
+            text = f"blocked packets cannot be shown: {e.strerror or e}"  # e.g. ulogd2 has the group
+            self.say("error", text, error=str(e), message=text)
             log = None
         signal.signal(signal.SIGTERM, lambda *a: setattr(self, "stopping", True))
         self.links_changed()

@@ -2,6 +2,8 @@
 block (rate-limited) to GROUP; this reads it. Nothing listening, the kernel drops the copy.
 """
 
+import errno
+import os
 import socket
 import struct
 
@@ -44,7 +46,12 @@ def open_group() -> socket.socket:
         sock.send(_config(attrs))
         for kind, body in netlink.messages(sock.recv(65536)):
             if kind == 2 and struct.unpack_from("=i", body)[0] < 0:  # NLMSG_ERROR with an error
-                raise OSError(-struct.unpack_from("=i", body)[0], "NFLOG: the kernel refused the binding")
+                err = -struct.unpack_from("=i", body)[0]
+                sock.close()
+                # EPERM: the group has another listener (one per namespace), or we are not root
+                why = (f"another program listens to NFLOG group {GROUP} (ulogd2, another monitor), or not root"
+                       if err == errno.EPERM else os.strerror(err))
+                raise OSError(err, f"NFLOG: the kernel refused the binding: {why}")
     return sock
 
 
