@@ -191,3 +191,23 @@ def test_a_bypass_unit_gets_out_from_boot_and_only_the_vpn_unit_reaches_its_serv
     drop_in = (results / "bypass-drop-in").read_text()
     assert "ExecStartPre=-+/bin/systemctl reload vpn-firewall.service" in drop_in, drop_in
     shutil.rmtree(tmp_path / "boot", ignore_errors=True)
+
+
+def test_without_ip_the_rules_load_and_the_start_says_the_routes_are_not_set(tmp_path, netns, unit_cgroup):
+    """The routes around the tunnel need `ip` (iproute2: Recommends). Without it the rules
+    still load, verified (marked packets without the routes go nowhere: closed), and start
+    says which routes are missing and why (routing.keep), and exits 0."""
+    from conftest import backend_path, write_config
+
+    unit, cgroup_dir = unit_cgroup("backup.service")
+    os.makedirs(cgroup_dir)
+    conf = write_config(tmp_path / "conf", {"30_user.conf": f"@def $BYPASS_UNITS = ({unit});\n"})
+    ns = netns("noip")
+    tools = backend_path(tmp_path, "nft").split(":")[0]  # the iptables tools only: no `ip` on this PATH
+    env = dict(os.environ, PATH=tools)
+    out = subprocess.run([shutil.which("nsenter"), f"--net=/run/netns/{ns.name}", sys.executable, T.LOADER, "--config-dir", conf,
+                          "start"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "the routes around the tunnel (for $BYPASS_UNITS and exclusions) are not set" in out.stderr, out.stderr
+    assert "rules loaded and verified" in out.stderr, out.stderr
+    assert f'--path "{unit}"' in ns.sh(f"PATH={tools} iptables-save -t mangle").stdout
