@@ -205,8 +205,8 @@ def test_without_ip_the_rules_load_and_the_start_says_the_routes_are_not_set(tmp
     ns = netns("noip")
     tools = backend_path(tmp_path, "nft").split(":")[0]  # the iptables tools only: no `ip` on this PATH
     env = dict(os.environ, PATH=tools)
-    out = subprocess.run([shutil.which("nsenter"), f"--net=/run/netns/{ns.name}", sys.executable, T.LOADER, "--config-dir", conf,
-                          "start"], env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([shutil.which("nsenter"), f"--net=/run/netns/{ns.name}", sys.executable, T.LOADER,
+                          "--config-dir", conf, "start"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "the routes around the tunnel (for $BYPASS_UNITS and exclusions) are not set" in out.stderr, out.stderr
     assert "rules loaded and verified" in out.stderr, out.stderr
