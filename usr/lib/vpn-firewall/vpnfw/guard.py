@@ -291,8 +291,10 @@ class Guard(Ends):
                 holes, tables = self._differences(family, dump, who)
                 if holes:
                     broken[family] = (dump, holes, tables)
-                elif self.changed_again.pop(family, None):  # put right meanwhile: no repair due
-                    self.retry_at.pop(family, None)
+                else:
+                    self.changed_again.pop(family, None)
+                    if self.retry_at.get(family, float("inf")) <= time.monotonic():
+                        self.retry_at.pop(family, None)  # put right meanwhile: no repair due
             if broken:
                 self._repair(broken, who)  # changes the look: the next tick compares once more
                 # a flush is often one command of several (a firewall's reload): on legacy the

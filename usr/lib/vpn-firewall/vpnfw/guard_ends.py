@@ -88,15 +88,20 @@ class Ends:
             if not gone:
                 return
             rules = trust.without(self.rules, gone)
+            # the goal from now on, whatever the load below does: were the allowance still the
+            # recorded rules, a family that lost it before another failed would count as a
+            # hole and get it back
+            in_force.record(rules)
+            self._refresh_rules()
             try:
                 for family in self.families:
                     load.load_verified(family, rules[family])
             except LoadError as e:
                 self.log("warning", f"left a trusted network on {', '.join(sorted(gone))}; its LAN allowance "
-                                    f"could not be removed: {e}")
+                                    f"could not be removed yet ({e}): the guard repairs toward the rules without it")
+                now = time.monotonic()
+                self.retry_at.update({family: now for family in self.families})  # compared at once
                 return
-            in_force.record(rules)
-            self._refresh_rules()
         self.log("warning", f"the network on {', '.join(sorted(gone))} is no longer a trusted one: its LAN "
                             "allowance is removed (a reload puts it back when it is trusted again)")
 
