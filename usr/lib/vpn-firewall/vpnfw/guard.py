@@ -135,7 +135,6 @@ class Guard(Ends):
         self.rules, self.stamp = None, None
         self.retry_at = {}  # family -> when to try its rules again after a failed repair
         self.portal_ends = None  # when the portal allowance among the rules ends (portal.ends_of)
-        self.portal_failed = None  # that end, when taking the allowance out failed
         self.retry_wait = {}
         self.noted = {}  # family -> the harmless changes reported last
         self.facts = {"pid": os.getpid(), "since": int(time.time()), "repairs": 0, "recent": []}
@@ -262,7 +261,7 @@ class Guard(Ends):
         waits = [] if events else [LOOK_SECONDS if self.watcher else POLL_SECONDS]
         if self.excluded or self.trusting:
             waits.append(max(0.0, self.exclusions_at - time.monotonic()))
-        if ends is not None and ends != self.portal_failed:
+        if ends is not None:
             waits.append(max(0.0, ends - time.time()))
         if self.retry_at:
             waits.append(max(0.0, min(self.retry_at.values()) - time.monotonic()))

@@ -15,11 +15,30 @@ EXCLUSIONS_SECONDS = 1.0  # how often the guard looks whether exclusions run, tr
 
 class Ends:
     # -- a portal session's end -------------------------------------------------------
+    def _take_out(self, rules, what: str) -> bool:
+        """RULES, the recorded ones without what ended, recorded as the goal, then loaded;
+        whether every family loaded. Recorded first: were the old rules still the goal, a
+        family that lost them before another failed would count as a hole and get them back
+        (a trusted network's LAN allowance, on the untrusted one). A failure leaves the rest
+        to the guard's compare, due at once (a repair, or the lockdown and its retries)."""
+        in_force.record(rules)
+        self._refresh_rules()
+        try:
+            for family in self.families:
+                load.load_verified(family, rules[family])
+        except LoadError as e:
+            self.log("warning", f"{what}; its rules could not be removed yet ({e}): "
+                                "the guard repairs toward the rules without them")
+            now = time.monotonic()
+            self.retry_at.update({family: now for family in self.families})
+            return False
+        return True
+
     def _portal_over(self) -> bool:
         """The recorded rules hold a portal allowance whose time is up (inert: the kernel ended
-        it), and no repair of it is pending: it is time to take those rules out."""
+        it): it is time to take those rules out."""
         ends = self.portal_ends
-        return ends is not None and ends <= time.time() and ends != self.portal_failed
+        return ends is not None and ends <= time.time()
 
     def _end_portal(self) -> None:
         """What the portal loaded, without its allowance: loaded, verified and recorded. The
@@ -30,18 +49,10 @@ class Ends:
             self._refresh_rules()
             if not self._portal_over():
                 return
-            ends, rules = self.portal_ends, portal.without_allowance(self.rules)
-            try:
-                for family in self.families:
-                    load.load_verified(family, rules[family])
-            except LoadError as e:  # the allowance is inert all the same; tried again by the next command
-                self.portal_failed = ends
-                self.log("warning", f"the portal session's time is up; its rules could not be removed: {e}")
-                return
-            in_force.record(rules)
+            done = self._take_out(portal.without_allowance(self.rules), "the portal session's time is up")
             portal.forget_ended()
-            self._refresh_rules()
-        self.log("info", "the portal session's time is up: its rules are removed")
+        if done:
+            self.log("info", "the portal session's time is up: its rules are removed")
 
     # -- an exclusion's end --------------------------------------------------------------
     def _end_exclusions(self) -> None:
@@ -57,18 +68,11 @@ class Ends:
             if not over:
                 self._routes(routing)
                 return
-            rules = exclusion.without(self.rules, over)
-            try:
-                for family in self.families:
-                    load.load_verified(family, rules[family])
-            except LoadError as e:  # they match an empty cgroup; tried again in a while
-                self.log("warning", f"an exclusion ended; its rules could not be removed: {e}")
-                return
-            in_force.record(rules)
+            done = self._take_out(exclusion.without(self.rules, over), "an exclusion ended")
             exclusion.forget_ended()
-            self._refresh_rules()
             self._routes(routing)
-        self.log("info", f"exclusion(s) {', '.join(sorted(over))} ended: their rules are removed")
+        if done:
+            self.log("info", f"exclusion(s) {', '.join(sorted(over))} ended: their rules are removed")
 
     # -- a trusted network left ----------------------------------------------------------
     def _end_trust(self) -> None:
@@ -87,20 +91,8 @@ class Ends:
             gone = trust.recorded(self.rules) - set(trust.read_trusted(entries))
             if not gone:
                 return
-            rules = trust.without(self.rules, gone)
-            # the goal from now on, whatever the load below does: were the allowance still the
-            # recorded rules, a family that lost it before another failed would count as a
-            # hole and get it back
-            in_force.record(rules)
-            self._refresh_rules()
-            try:
-                for family in self.families:
-                    load.load_verified(family, rules[family])
-            except LoadError as e:
-                self.log("warning", f"left a trusted network on {', '.join(sorted(gone))}; its LAN allowance "
-                                    f"could not be removed yet ({e}): the guard repairs toward the rules without it")
-                now = time.monotonic()
-                self.retry_at.update({family: now for family in self.families})  # compared at once
+            if not self._take_out(trust.without(self.rules, gone),
+                                  f"left a trusted network on {', '.join(sorted(gone))}"):
                 return
         self.log("warning", f"the network on {', '.join(sorted(gone))} is no longer a trusted one: its LAN "
                             "allowance is removed (a reload puts it back when it is trusted again)")
