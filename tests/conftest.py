@@ -190,6 +190,18 @@ def netns():
         ns.delete()
 
 
+def terminate(*procs) -> None:
+    """SIGTERM to each process still running, then SIGKILL to one that outlives 5 s."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def said(compiled) -> str:
     """What a compile said (its warnings and notices), one a line, as the commands print them."""
     return "".join(text + "\n" for kind, text in compiled.said)

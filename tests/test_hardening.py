@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from conftest import BACKENDS, needs_root
+from conftest import BACKENDS, needs_root, terminate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "e2e"))
@@ -151,14 +151,7 @@ class Lan:
         return T.read_pcap(self.pcap)
 
     def down(self):
-        for name, proc in self.procs.items():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        terminate(*self.procs.values())
         for ns in (self.client, self.router):
             T.sh(["ip", "netns", "delete", ns], check=False)
 

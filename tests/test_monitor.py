@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from conftest import LOADER, needs_root, run_loader, write_config
+from conftest import LOADER, needs_root, run_loader, terminate, write_config
 
 pytestmark = [needs_root]
 
@@ -86,14 +86,7 @@ def test_monitor_sees_the_tunnel_blocked_packets_with_their_sender_and_the_guard
         repair = events_until(monitor, lambda e: e["event"] == "repair")[-1]
         assert repair["family"] == "ip" and "repaired" in repair["outcome"], repair
     finally:
-        for proc in (guard, monitor):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        terminate(guard, monitor)
     assert monitor.returncode == 0
 
 
@@ -113,17 +106,6 @@ def test_monitor_text_lines(tmp_path, netns):
     finally:
         monitor.send_signal(signal.SIGTERM)
         monitor.wait(timeout=5)
-
-
-def _stop(*procs):
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_a_second_monitor_without_the_nflog_group_says_so_and_watches_the_rest(tmp_path, netns):
@@ -149,7 +131,7 @@ def test_a_second_monitor_without_the_nflog_group_says_so_and_watches_the_rest(t
         subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", SEND, "192.0.2.66", "2"], check=True)
         events_until(first, lambda e: e["event"] == "blocked" and e.get("destination") == "192.0.2.66")
     finally:
-        _stop(*(p for p in (second, first) if p is not None))
+        terminate(second, first)
     assert second.returncode == 0 and first.returncode == 0
 
 

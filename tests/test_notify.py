@@ -40,6 +40,15 @@ SEND = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         "for _ in range(3):\n    try: s.sendto(b'x', ('192.0.2.77', 443))\n    except OSError: pass\n")
 
 
+@pytest.fixture
+def session_bus():
+    """A D-Bus session bus of the test's own: its address; the daemon is stopped after."""
+    bus = subprocess.run(["dbus-daemon", "--session", "--fork", "--print-address=1", "--print-pid=1"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    yield bus[0]
+    os.kill(int(bus[1]), 15)
+
+
 def notices(server, seconds) -> list:
     got, deadline = [], time.time() + seconds
     while time.time() < deadline:
@@ -49,15 +58,12 @@ def notices(server, seconds) -> list:
     return got
 
 
-def test_notices_when_the_vpn_drops_and_returns(tmp_path, netns):
+def test_notices_when_the_vpn_drops_and_returns(tmp_path, netns, session_bus):
     conf = write_config(tmp_path / "conf", {"30_user.conf": "@def $VPN_SERVERS = (192.0.2.1:1194/udp);\n"})
     ns = netns("notify")
     ns.sh(CABLE + " && ip link add tun0 type veth peer name vp0 && ip link set tun0 up")
     assert run_loader(["--config-dir", conf, "start"], netns=ns.name).returncode == 0
-    bus = subprocess.run(["dbus-daemon", "--session", "--fork", "--print-address=1", "--print-pid=1"],
-                         capture_output=True, text=True, check=True).stdout.split()
-    address, bus_pid = bus[0], int(bus[1])
-    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=address, VPN_FIREWALL_NOTICE_SECONDS="3")
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=session_bus, VPN_FIREWALL_NOTICE_SECONDS="3")
     procs = []
     try:
         server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True, env=env,
@@ -87,20 +93,16 @@ def test_notices_when_the_vpn_drops_and_returns(tmp_path, netns):
         for p in procs:
             p.kill()
             p.wait()
-        os.kill(bus_pid, 15)
 
 
-def test_a_notice_the_bus_did_not_take_comes_once_a_notification_service_is_there(own_state):
+def test_a_notice_the_bus_did_not_take_comes_once_a_notification_service_is_there(own_state, session_bus):
     """At login the user's unit may start before the desktop's notification daemon: gdbus
     fails (no one owns org.freedesktop.Notifications), and the notice is kept and sent again,
     not lost. Here a lockdown in the published events, replayed at the notifier's first look."""
     run = own_state / "run"
     run.mkdir(exist_ok=True)
     (run / "events.jsonl").write_text('{"event": "lockdown", "time": 1}\n')
-    bus = subprocess.run(["dbus-daemon", "--session", "--fork", "--print-address=1", "--print-pid=1"],
-                         capture_output=True, text=True, check=True).stdout.split()
-    address, bus_pid = bus[0], int(bus[1])
-    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=address, VPN_FIREWALL_NOTICE_RETRY_SECONDS="1")
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=session_bus, VPN_FIREWALL_NOTICE_RETRY_SECONDS="1")
     procs = []
     try:
         procs.append(subprocess.Popen([sys.executable, LOADER, "notify"], env=env))
@@ -120,4 +122,3 @@ def test_a_notice_the_bus_did_not_take_comes_once_a_notification_service_is_ther
         for p in procs:
             p.kill()
             p.wait()
-        os.kill(bus_pid, 15)
