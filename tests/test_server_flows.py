@@ -106,14 +106,20 @@ def test_a_server_flow_is_judged_once_and_the_approval_goes_with_the_server(tmp_
         sender.wait(timeout=10)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_another_users_socket_in_an_approved_flow_stays_blocked(tmp_path, netns, backend):
+def _root_owns_the_vpn(tmp_path, netns, backend, tag):
+    """A namespace with the cable and both servers, $VPN_USER root, started: (ns, the env for
+    the loader, the whole env for senders)."""
     env = {"PATH": backend_path(tmp_path, backend)}
     conf = write_config(tmp_path / "conf", {"30_user.conf": BOTH + "@def $VPN_USER = root;\n"})
-    ns = netns("owner")
+    ns = netns(tag)
     ns.sh(CABLE)
     assert run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name).returncode == 0
-    full_env = dict(os.environ, **env)
+    return ns, env, dict(os.environ, **env)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_another_users_socket_in_an_approved_flow_stays_blocked(tmp_path, netns, backend):
+    ns, env, full_env = _root_owns_the_vpn(tmp_path, netns, backend, "owner")
     vpn = start_sender(ns, full_env, "198.51.100.7", 20)
     other = start_sender(ns, full_env, "198.51.100.7", 30, user=65534)
     try:
@@ -141,12 +147,7 @@ def test_the_fence_lets_an_approved_flow_by_only_for_its_owner(tmp_path, netns, 
     """The fast rule stands before the judging mark; when another tool accepts every packet
     ahead of our chain, the fence lets by the flows our list approved, for the owners the
     list names, and nothing else."""
-    env = {"PATH": backend_path(tmp_path, backend)}
-    conf = write_config(tmp_path / "conf", {"30_user.conf": BOTH + "@def $VPN_USER = root;\n"})
-    ns = netns("fenceflow")
-    ns.sh(CABLE)
-    assert run_loader(["--config-dir", conf, "start"], env=env, netns=ns.name).returncode == 0
-    full_env = dict(os.environ, **env)
+    ns, env, full_env = _root_owns_the_vpn(tmp_path, netns, backend, "fenceflow")
     vpn = start_sender(ns, full_env, "198.51.100.7", 20)
     other = start_sender(ns, full_env, "198.51.100.7", 30, user=65534)
     stranger = start_sender(ns, full_env, "198.51.100.9", 10)  # root, to no server
